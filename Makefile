@@ -1,0 +1,41 @@
+# Quick start: `make demo` (the pipeline on config/demo.yaml) and `make test`.
+# Both create .venv on first use. TORCH selects the PyTorch build (a CUDA machine can use
+# TORCH=torch); MEDMNIST_ROOT is where the .npz files are read or downloaded to.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+CORES ?= 2
+SHARED_DATA := $(wildcard ../shared/data/medmnist)
+MEDMNIST_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(HOME)/.medmnist)
+export FEDMIC_MEDMNIST_ROOT := $(MEDMNIST_ROOT)
+
+.PHONY: demo test paper report install clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	# medmnist without its dependencies: we read only its registry, and its hard torchvision
+	# requirement would pull a second, multi-GB torch build.
+	$(PY) -m pip install -q --no-deps "medmnist==3.0.2"
+	$(PY) -m pip install -q -e ".[test,slurm]"
+	touch $@
+
+# The demo's runs are small 1-thread jobs: one per core, even on a single GPU (--resources).
+demo: install
+	@echo "MedMNIST root: $(MEDMNIST_ROOT)"
+	$(VENV)/bin/snakemake all --cores $(CORES) --resources gpu=$(CORES) --configfile config/demo.yaml
+
+paper: install
+	$(VENV)/bin/snakemake --cores $(CORES) all
+
+report: install
+	$(VENV)/bin/snakemake all --cores $(CORES) --report results-demo/report.html --configfile config/demo.yaml
+
+test: install
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf results-demo logs-demo

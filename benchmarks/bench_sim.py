@@ -1,0 +1,350 @@
+"""Simulation speed: fedmic's engine against the hardware limit and against a naive loop.
+
+Rows (docs/performance.md explains them and records the tables):
+  1. limit     one model trained on the same images, in the same batches, in a bare loop
+  2. fedavg    whole FedAvg rounds through the engine (local training + aggregation + bytes)
+  3. fedmic    whole FedMIC rounds (teacher + student per client, SVD, reconstruction)
+  4. naive     the same FedAvg rounds the usual way: DataLoader per client, deepcopy of the
+               global model per client, state_dict averaging
+  5. eval/SVD  evaluation of all clients and the SVD codec as a share of an eval_every=1 round
+  6. scale     the same images spread over more, smaller clients
+
+Every measurement runs in this one process; the repeats are interleaved (one round of each row,
+then the next repeat) so that a machine shared with other jobs slows every row alike, and
+each row reports the median over the repeats after one warm-up round.
+
+    .venv/bin/python benchmarks/bench_sim.py --batch-size 10 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedmic.algorithms import fedmic as fedmic_module  # noqa: E402
+from fedmic.config import RunConfig  # noqa: E402
+from fedmic.data.medmnist import load_dataset  # noqa: E402
+from fedmic.data.partition import make_partition, save_partition  # noqa: E402
+from fedmic.engine import Simulation, sample_clients  # noqa: E402
+from fedmic.utils import derive_seed  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared/data/medmnist"
+MIN_SIZE = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="pneumoniamnist")
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--scale-clients", type=int, default=100,
+                   help="row 6: the same training images over this many clients (0: skip the row)")
+    p.add_argument("--join-ratio", type=float, default=1.0)
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lam", type=float, default=0.5, help="Dirichlet concentration (dirichlet_client scheme, equal sizes)")
+    p.add_argument("--fedmic-hp", type=json.loads, default={},
+                   help='FedMIC hyperparameters as JSON, e.g. \'{"gpd": false}\' to see a round without SVD')
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true",
+                   help="models in channels_last memory format (limit and engine alike)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (median reported)")
+    p.add_argument("--root", default=os.environ.get("FEDMIC_MEDMNIST_ROOT") or str(SHARED_DATA),
+                   help="MedMNIST folder")
+    p.add_argument("--profile", action="store_true",
+                   help="also print a torch.profiler and a cProfile summary of one FedAvg and one FedMIC round")
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+class SVDClock:
+    """Wraps FedMIC's SVD encoder and decoder to add up the time spent in them."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.total = device, 0.0
+        self._orig = {n: getattr(fedmic_module, n) for n in ("svd_encode", "svd_decode")}
+
+    def __enter__(self):
+        for name, fn in self._orig.items():
+            setattr(fedmic_module, name, self._wrap(fn))
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self._orig.items():
+            setattr(fedmic_module, name, fn)
+
+    def _wrap(self, fn):
+        def run(*a, **k):
+            sync(self.device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(self.device)
+            self.total += time.perf_counter() - t0
+            return out
+        return run
+
+    def take(self) -> float:
+        t, self.total = self.total, 0.0
+        return t
+
+
+def build_sim(args, data, method: str, clients: int, workdir: Path) -> Simulation:
+    path = workdir / f"part_{clients}.json"
+    if not path.exists():
+        labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
+        part = make_partition("dirichlet_client", labels, clients, args.lam, 0, MIN_SIZE, n_classes=data.n_classes,
+                              dataset=args.dataset, dataset_md5=data.info.md5(28))
+        save_partition(part, path)
+    cfg = RunConfig(dataset=args.dataset, method=method, scheme="dirichlet_client", lam=args.lam, clients=clients,
+                    min_size=MIN_SIZE, model=args.model, rounds=50, join_ratio=args.join_ratio,
+                    local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                    threads=args.threads, progress=False, checkpoint_every=0,
+                    hp=dict(args.fedmic_hp) if method == "fedmic" else {})
+    # read by the engine (getattr) until the run config has the field
+    cfg.channels_last = args.channels_last
+    return Simulation(cfg, path, args.root)
+
+
+class Limit:
+    """One model, one optimizer, the engine's own batches materialised beforehand: only the
+    forward, backward and step that any simulator of these rounds has to pay for."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        self.model = sim.ctx.make_model()
+        self.opt = sim.ctx.optimizer(self.model.parameters())
+
+    def batches(self, rnd: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cfg, out = self.sim.cfg, []
+        for cid in sample_clients(cfg, rnd):
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
+            for _ in range(cfg.local_epochs):
+                out += [(x.contiguous(), y.contiguous()) for x, y in self.sim.train[cid].batches(cfg.batch_size, gen)]
+        return out
+
+    def round(self, batches) -> None:
+        model, opt = self.model, self.opt
+        model.train()
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+class NaiveFedAvg:
+    """FedAvg written the common way (PFLlib-like): a DataLoader over each client's
+    TensorDataset, a deepcopy of the global model per client, state_dict averaging."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        self.global_model = copy.deepcopy(sim.algo.worker)
+        self.sets = [TensorDataset(d.x, d.y) for d in sim.train]
+
+    def round(self, rnd: int) -> int:
+        cfg = self.sim.cfg
+        states, weights, nbytes = [], [], 0
+        for cid in sample_clients(cfg, rnd):
+            model = copy.deepcopy(self.global_model)
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
+            loader = DataLoader(self.sets[cid], batch_size=cfg.batch_size, shuffle=True, generator=gen)
+            model.train()
+            for _ in range(cfg.local_epochs):
+                for x, y in loader:
+                    loss = F.cross_entropy(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            sd = model.state_dict()
+            nbytes += 2 * sum(v.numel() * v.element_size() for v in sd.values())  # up + down
+            states.append(sd)
+            weights.append(len(self.sets[cid]))
+        total = float(sum(weights))
+        avg = {k: sum(s[k] * (w / total) for s, w in zip(states, weights)) for k in states[0]}
+        self.global_model.load_state_dict(avg)
+        return nbytes
+
+
+def images_per_round(sim: Simulation, rnd: int) -> int:
+    return sum(sim.n_train[c] for c in sample_clients(sim.cfg, rnd)) * sim.cfg.local_epochs
+
+
+def median(v: list[float]) -> float:
+    return statistics.median(v)
+
+
+def machine() -> str:
+    name = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if sim.device.type == "cuda" else [])
+    sampled = sample_clients(sim.cfg, rnd)
+    with profile(activities=acts) as prof:
+        sim.local_round(rnd, sampled, set())
+        if evaluate:
+            sim.evaluate()
+    out = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    pr = cProfile.Profile()
+    pr.enable()
+    sim.local_round(rnd + 1, sample_clients(sim.cfg, rnd + 1), set())
+    if evaluate:
+        sim.evaluate()
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    return out + "\n" + buf.getvalue()
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    load_before = os.getloadavg()[0]
+    data = load_dataset(args.dataset, args.root)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fedavg = build_sim(args, data, "fedavg", args.clients, work)
+        fedmic = build_sim(args, data, "fedmic", args.clients, work)
+        limit, naive = Limit(fedavg), NaiveFedAvg(fedavg)
+        scale = {}
+        if args.scale_clients:
+            scale = {(m, args.scale_clients): build_sim(args, data, m, args.scale_clients, work) for m in ("fedavg", "fedmic")}
+        scale[("fedavg", args.clients)] = fedavg
+        scale[("fedmic", args.clients)] = fedmic
+
+        t = {k: [] for k in ("limit", "fedavg", "fedmic", "naive", "eval_fedavg", "eval_fedmic", "svd")}
+        t_scale = {k: [] for k in scale if k[1] != args.clients}
+        with SVDClock(device) as svd:
+            for rnd in range(1, args.repeats + 2):  # round 1 is the warm-up
+                batches = limit.batches(rnd)
+                rows = {
+                    "limit": timed(lambda: limit.round(batches), device),
+                    "fedavg": timed(lambda: fedavg.local_round(rnd, sample_clients(fedavg.cfg, rnd), set()), device),
+                    "eval_fedavg": timed(fedavg.evaluate, device),
+                    "naive": timed(lambda: naive.round(rnd), device),
+                }
+                svd.take()
+                rows["fedmic"] = timed(lambda: fedmic.local_round(rnd, sample_clients(fedmic.cfg, rnd), set()), device)
+                rows["svd"] = svd.take()
+                rows["eval_fedmic"] = timed(fedmic.evaluate, device)
+                for key in t_scale:
+                    sim = scale[key]
+                    rows[key] = timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device)
+                if rnd > 1:
+                    for k, v in rows.items():
+                        (t_scale if k in t_scale else t)[k].append(v)
+        last = args.repeats + 2
+        profile = (profile_round(fedavg, last, True) + "\n" + profile_round(fedmic, last, True)) if args.profile else ""
+        n_img = images_per_round(fedavg, 2)
+        sizes = {k: (len(sample_clients(s.cfg, 2)), round(images_per_round(s, 2) / len(sample_clients(s.cfg, 2))))
+                 for k, s in scale.items()}
+    med = {k: median(v) for k, v in t.items()}
+    for k, v in t_scale.items():
+        med[f"{k[0]}_{k[1]}"] = median(v)
+    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile,
+            "load": (load_before, os.getloadavg()[0])}
+
+
+def report(args, res: dict) -> str:
+    n, t = res["images"], res["t"]
+    ok = lambda c: "yes" if c else "NO"  # noqa: E731
+    naive_target = 2.0 if args.batch_size <= 10 else 1.0
+    est = {"median": statistics.median, "best": min}
+    # ratios from the medians (the figure of merit) and from the best rounds (what the code can
+    # do when no other job takes the cores: the smaller number of the two shows contention)
+    ratio = {e: {"fedavg": f(t["limit"]) / f(t["fedavg"]), "fedmic": 2 * f(t["limit"]) / f(t["fedmic"]),
+                 "naive": f(t["naive"]) / f(t["fedavg"])} for e, f in est.items()}
+    med = res["median"]
+    lines = [
+        f"config: {args.dataset}, {args.clients} clients, join ratio {args.join_ratio}, {args.local_epochs} local epoch(s), "
+        f"batch {args.batch_size}, model {args.model}{' channels_last' if args.channels_last else ''}, device {args.device}, "
+        f"threads {torch.get_num_threads()}, {n} training images per round, median of {args.repeats} rounds after 1 warm-up",
+        f"machine: {machine()}, torch {torch.__version__}, python {platform.python_version()}, "
+        f"1-min load average {res['load'][0]:.1f} at start, {res['load'][1]:.1f} at end",
+        "",
+        "| # | row | median s | best s | images/s | ratio (median) | ratio (best) | target | met |",
+        "|---|-----|---------:|-------:|---------:|---------------:|-------------:|-------:|-----|",
+        f"| 1 | limit: one model, bare loop | {med['limit']:.3f} | {min(t['limit']):.3f} | {n / med['limit']:.0f} | 1.00 | 1.00 | | |",
+    ]
+    for key, label, what, target in (("fedavg", "fedavg (engine)", "of limit", 0.90),
+                                     ("fedmic", "fedmic (engine, 2 models + SVD)", "of limit/2", 0.85),
+                                     ("naive", "naive fedavg (DataLoader, deepcopy)", "x = fedavg's speed-up", naive_target)):
+        r, b = ratio["median"][key], ratio["best"][key]
+        tgt = f">= {target:.2f}" if key != "naive" else f">= {target:.0f}x"
+        lines.append(f"| {'234'[('fedavg', 'fedmic', 'naive').index(key)]} | {label} | {med[key]:.3f} | {min(t[key]):.3f} | "
+                     f"{n / med[key]:.0f} | {r:.2f}{'' if key == 'naive' else ' '}{what} | {b:.2f} | {tgt} | {ok(r >= target)} |")
+    lines += ["",
+              "| # | eval_every 1 | train s | eval s | SVD codec s | eval share | SVD share | eval+SVD share | target | met |",
+              "|---|--------------|--------:|-------:|------------:|-----------:|----------:|---------------:|-------:|-----|"]
+    for name, tr, ev, sv in (("fedavg", med["fedavg"], med["eval_fedavg"], 0.0),
+                             ("fedmic", med["fedmic"], med["eval_fedmic"], med["svd"])):
+        rnd = tr + ev
+        share = (ev + sv) / rnd
+        lines.append(f"| 5 | {name} | {tr:.3f} | {ev:.3f} | {sv:.3f} | {ev / rnd:.1%} | {sv / rnd:.1%} | {share:.1%} | "
+                     f"<= 10% | {ok(share <= 0.10)} |")
+    if res["t_scale"]:
+        k = args.scale_clients
+        lines += ["", f"| # | scale (same images) | clients x images | median s | ratio to {args.clients} clients | "
+                  "round times (s), in order |", "|---|---|---|--:|--:|---|"]
+        for meth in ("fedavg", "fedmic"):
+            for clients in (args.clients, k):
+                seq = t[meth] if clients == args.clients else res["t_scale"][(meth, k)]
+                c, per = res["sizes"][(meth, clients)]
+                lines.append(f"| 6 | {meth} | {c} x {per} | {statistics.median(seq):.3f} | "
+                             f"{statistics.median(seq) / med[meth]:.2f} | {', '.join(f'{x:.3f}' for x in seq)} |")
+    if res["profile"]:
+        lines += ["", "profile of one FedAvg round + evaluation, then one FedMIC round + evaluation:", res["profile"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    print(report(args, run(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

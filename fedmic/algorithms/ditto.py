@@ -1,0 +1,56 @@
+"""Ditto (Li, Hu, Beirami, Smith, ICML 2021): FedAvg on a global model w, plus a personal model
+v_i per client trained on CE + lambda/2 ||v_i - w||^2, with w the global model as received this
+round. Only w travels; v_i is the client's personalised (evaluated) model."""
+from __future__ import annotations
+
+import torch
+
+from ..comm import dense_payload
+from .base import clone_state, is_number
+from .fedavg import FedAvg
+
+
+class Ditto(FedAvg):
+    name = "ditto"
+    personalised = True
+    defaults = {
+        # The paper selects lambda per device from {0.05, 0.1, 0.2} or {0.1, 1, 2} on local
+        # validation data and falls back to 0.1 or 1; we fix 0.1 (override with hp.lam).
+        "lam": 0.1,
+        # s, the personal model's local epochs (Algorithm 1); None: the run's local_epochs.
+        "personal_epochs": None,
+    }
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        hp = self.hp
+        self.check_hp("lam", is_number(hp["lam"]) and hp["lam"] >= 0, "a finite number >= 0")
+        pe = hp["personal_epochs"]
+        self.check_hp("personal_epochs", pe is None or (isinstance(pe, int) and not isinstance(pe, bool) and pe >= 1),
+                      "null or an integer >= 1")
+        self.personal = ctx.make_model()
+
+    def init_client(self, cid, server):
+        # v_i starts where w starts (the paper initialises both from w^0).
+        return {"personal": {k: v.clone() for k, v in server["global"].items()}}
+
+    def local_update(self, cid, state, received, data, rnd, gen):
+        # Global model first, exactly as FedAvg trains it: Ditto's upload is FedAvg's upload.
+        self.load_received(self.worker, received)
+        anchor = [p.detach().clone() for p in self.worker.parameters()]
+        loss = self.train_supervised(self.worker, data, gen)
+        upload = dense_payload(clone_state(self.worker), self.ctx.transport_dtype)
+
+        lam = float(self.hp["lam"])
+        self.personal.load_state_dict(state["personal"])
+
+        def pull_to_global(model, x, y, r):
+            return 0.5 * lam * torch.stack([(p - w).pow(2).sum() for p, w in zip(model.parameters(), anchor)]).sum()
+
+        loss_p = self.train_supervised(self.personal, data, gen, extra_loss=pull_to_global if lam > 0 else None,
+                                       epochs=self.hp["personal_epochs"])
+        return {"personal": clone_state(self.personal)}, upload, {"loss": loss, "loss_personal": loss_p}
+
+    def personal_model(self, cid, state, server):
+        self.personal.load_state_dict(state["personal"])
+        return self.personal

@@ -1,0 +1,40 @@
+"""FedRep (Collins et al., ICML 2021): a shared representation (the encoder) and a local head.
+Each local update first fits the head with the encoder frozen, then updates the encoder with
+the head frozen; only the encoder is sent and averaged."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import SplitModel
+from .base import ClientData
+from .fedper import FedPer
+
+
+class FedRep(FedPer):
+    name = "fedrep"
+    defaults = {
+        # The paper runs 10 local epochs on the head per 1 epoch on the representation (its
+        # code's defaults, local_ep=10 and local_rep_ep=1, split the 10 as 9 + 1). The encoder
+        # phase uses the run's local_epochs (default 1).
+        "head_epochs": 10,
+    }
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        h = self.hp["head_epochs"]
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            raise ValueError(f"fedrep: hp 'head_epochs' must be an integer >= 1, got {h!r}")
+
+    def train_local(self, data, gen) -> dict:
+        m = self.worker
+        # A frozen encoder is also in eval mode (its batch-norm statistics stay put), so its
+        # representations do not change during the head phase: compute them once and fit the
+        # head on them, in the same batches, instead of head_epochs encoder passes.
+        m.encoder.eval()
+        with torch.no_grad():
+            reps = torch.cat([m.encoder(data.x[i:i + 1024]) for i in range(0, data.n, 1024)])
+        head_only = SplitModel(nn.Identity(), m.head)
+        head_loss = self.train_supervised(head_only, ClientData(reps, data.y), gen, epochs=self.hp["head_epochs"])
+        body_loss = self.train_supervised(m, data, gen, frozen=m.head)
+        return {"loss": body_loss, "loss_head": head_loss}

@@ -1,0 +1,160 @@
+"""What travels between clients and server, and its exact size in bytes.
+
+A `Payload` is a set of named tensors plus small integer metadata (shapes and ranks of
+factorised matrices). Its byte count is the bytes of the tensors as sent (dtype included)
+plus 4 bytes per metadata integer (int32 on the wire). The engine counts these bytes, so an
+algorithm cannot under-report what it sends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+META_INT_BYTES = 4
+
+
+@dataclass
+class Payload:
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        tensor_bytes = sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return tensor_bytes + META_INT_BYTES * sum(len(v) for v in self.meta.values())
+
+    def first_nonfinite(self) -> str | None:
+        for name, t in self.tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                return name
+        return None
+
+
+EMPTY = Payload()
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+def dense_payload(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Payload:
+    """Every tensor sent as is (floating tensors cast to the transport dtype)."""
+    return Payload({k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()) for k, v in state.items()})
+
+
+def unpack_dense(p: Payload, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in p.tensors.items()}
+
+
+def energy_rank(s: torch.Tensor, energy: float) -> int:
+    """Smallest k with sum(s[:k]^2) >= energy * sum(s^2) (s sorted descending)."""
+    e = s.double() ** 2
+    total = e.sum()
+    if total == 0:
+        return 0
+    cum = torch.cumsum(e, 0)
+    k = int(torch.searchsorted(cum, energy * total).item()) + 1
+    return min(k, s.numel())
+
+
+# Energy-fraction margin of the dense pre-check below: float32 SVD's singular values move the
+# energy fraction by ~1e-6 at most, so a decision this far from the threshold is the SVD's own.
+DENSE_CHECK_MARGIN = 1e-3
+
+
+def _sent_dense(k: int, rows: int, cols: int, ndim: int, elem: int) -> bool:
+    """Dense whenever factors plus their metadata (shape, rank) would not be smaller."""
+    return k * (rows + cols + 1) * elem + META_INT_BYTES * (ndim + 1) >= rows * cols * elem
+
+
+def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int) -> bool:
+    """True when the energy rule is certain to keep a rank at which `m` is sent dense, so its
+    SVD would be thrown away. Decided from the eigenvalues of the float64 Gram matrix (the
+    squared singular values, ~5x cheaper than the SVD of a 512x1024 matrix) with a margin,
+    so it never disagrees with the SVD's decision; when unsure, the SVD decides."""
+    rows, cols = m.shape
+    n = min(rows, cols)
+    k_dense = max(0, (rows * cols * elem - META_INT_BYTES * (ndim + 1)) // ((rows + cols + 1) * elem))
+    while k_dense > 0 and _sent_dense(k_dense - 1, rows, cols, ndim, elem):
+        k_dense -= 1
+    while not _sent_dense(k_dense, rows, cols, ndim, elem):
+        k_dense += 1
+    if k_dense > n or energy - DENSE_CHECK_MARGIN <= 0:
+        return False
+    a = m.double()
+    lam = torch.linalg.eigvalsh(a @ a.T if rows <= cols else a.T @ a).flip(0).clamp_min(0)
+    total = float(lam.sum())
+    if total == 0:  # all-zero matrix: the SVD path sends it as an explicit rank-0 record
+        return False
+    return float(lam[:k_dense - 1].sum()) < (energy - DENSE_CHECK_MARGIN) * total if k_dense > 1 else True
+
+
+def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtype: torch.dtype = torch.float32,
+               rank: int | None = None, dense_check: bool = True) -> Payload:
+    """Dynamic singular-value selection (SPEC 1.2): each tensor with >= 2 dims is reshaped to
+    (out, rest) and sent as U_k, s_k, V_k^T when that is smaller than the dense matrix;
+    everything else is sent dense. Ranks and shapes go in the metadata. k is the smallest rank
+    keeping `energy` of sum(s^2), or `rank` when given (the fixed-rank ablation).
+    `dense_check`: skip the SVD of a matrix that is certain to be sent dense (same payload)."""
+    p = Payload()
+    for name, w in state.items():
+        w = w.detach()
+        if w.is_floating_point() and not torch.isfinite(w).all():
+            raise NonFiniteError(f"tensor {name!r} has non-finite values; refusing to factorise it")
+        if w.dim() < 2 or not w.is_floating_point():
+            p.tensors[name] = w.to(dtype) if w.is_floating_point() else w
+            continue
+        m = w.reshape(w.shape[0], -1).float()
+        rows, cols = m.shape
+        elem = torch.empty((), dtype=dtype).element_size()
+        if dense_check and (_sent_dense(min(rank, rows, cols), rows, cols, w.dim(), elem) if rank is not None
+                            else _surely_dense(m, energy, w.dim(), elem)):
+            p.tensors[name] = w.to(dtype)
+            continue
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        k = min(rank, s.numel()) if rank is not None else energy_rank(s, energy)
+        if _sent_dense(k, rows, cols, w.dim(), elem):
+            p.tensors[name] = w.to(dtype)
+            continue
+        # Rank 0 happens only for an all-zero matrix: sent as an explicit rank-0 record.
+        p.tensors[name + ".U"] = u[:, :k].contiguous().to(dtype)
+        p.tensors[name + ".S"] = s[:k].contiguous().to(dtype)
+        p.tensors[name + ".Vh"] = vh[:k].contiguous().to(dtype)
+        p.meta[name] = tuple(w.shape) + (k,)
+    return p
+
+
+def svd_decode(p: Payload, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, t in p.tensors.items():
+        base, _, part = name.rpartition(".")
+        if base in p.meta and part in ("U", "S", "Vh"):
+            continue
+        out[name] = t.to(dtype) if t.is_floating_point() else t
+    for name, info in p.meta.items():
+        shape = info[:-1]
+        u, s, vh = (p.tensors[f"{name}.{x}"].to(dtype) for x in ("U", "S", "Vh"))
+        out[name] = ((u * s) @ vh).reshape(shape)
+    return out
+
+
+def kept_ranks(p: Payload) -> dict[str, int]:
+    """Rank kept per factorised tensor (dense tensors are absent)."""
+    return {name: info[-1] for name, info in p.meta.items()}
+
+
+def energy_schedule(rnd: int, rounds: int, start: float, end: float) -> float:
+    """FedKD's dynamic energy threshold: linear from `start` (round 1) to `end` (last round)."""
+    frac = (rnd - 1) / max(rounds - 1, 1)
+    return start + (end - start) * frac
+
+
+def state_delta(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """new - old for floating tensors; integer buffers (BN counters) travel as their value."""
+    return {k: (v - old[k] if v.is_floating_point() else v) for k, v in new.items()}
+
+
+def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `state_delta`: base + delta (integer buffers take the delta's value)."""
+    return {**base, **{k: (base[k] + v if v.is_floating_point() else v) for k, v in delta.items()}}

@@ -1,0 +1,138 @@
+"""One training run's configuration: typed, validated, hashed.
+
+The workflow's JSON schema checks the shape of config/*.yaml; this module checks each run's
+values (ranges, choices, cross-field rules) with errors that name the field and the fix, so a
+run started from the command line gets the same checks as one started by Snakemake.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+from dataclasses import asdict, dataclass, field, fields
+
+from .models import MODELS
+
+PARTITION_SCHEMES = ("dirichlet_label", "dirichlet_client")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    method: str = "fedavg"             # algorithm name (fedmic.algorithms.ALGORITHMS)
+    arm: str | None = None             # name of this variant in tables (default: method)
+    hp: dict = field(default_factory=dict)  # the method's hyperparameters (its defaults fill the rest)
+    # partition (SPEC 2.1)
+    lam: float = 0.5
+    clients: int = 20
+    scheme: str = "dirichlet_label"
+    min_size: int = 10
+    partition_seed: int = 0
+    image_size: int = 28
+    # training
+    model: str = "cnn"
+    rounds: int = 50
+    join_ratio: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    weighting: str = "samples"         # aggregation weights: client sample counts or uniform
+    transport: str = "float32"         # dtype of what travels
+    seed: int = 0
+    # evaluation
+    eval_every: int = 1
+    last_k: int = 5                    # reported value: mean over the last k evaluated rounds
+    # robustness
+    on_nonfinite: str = "error"        # "error" stops the run; "skip" drops that client's update
+    drop_rate: float = 0.0             # fraction of sampled clients whose upload is lost
+    checkpoint_every: int = 5          # rounds between checkpoints (0: never)
+    keep_checkpoint: bool = False
+    # execution (never changes the numbers on a given machine, so not in the fingerprint)
+    device: str = "auto"
+    amp: bool = False
+    threads: int = 0                   # 0: leave torch's default
+    progress: bool = True
+
+    EXECUTION_FIELDS = ("device", "amp", "threads", "progress", "checkpoint_every", "keep_checkpoint")
+
+    def __post_init__(self):
+        if self.arm is None:
+            self.arm = self.method
+        self.validate()
+
+    def validate(self) -> None:
+        from .algorithms import ALGORITHMS
+
+        def need(cond: bool, msg: str):
+            if not cond:
+                raise ConfigError(msg)
+
+        # Types first: a string where a number belongs would otherwise surface as a TypeError
+        # traceback from a comparison below.
+        kinds = {"int": numbers.Integral, "float": numbers.Real, "bool": bool, "str": str, "dict": dict}
+        for f in fields(self):
+            v, want = getattr(self, f.name), kinds.get(f.type)
+            if type(v).__module__ == "numpy" and hasattr(v, "item"):  # np.int64 from a grid: make it JSON-able
+                v = v.item()
+                setattr(self, f.name, v)
+            if want is not None and (not isinstance(v, want) or (isinstance(v, bool) and f.type != "bool")):
+                hint = " (YAML reads 1e-3 as a string: write 1.0e-3)" if f.type == "float" and isinstance(v, str) else ""
+                raise ConfigError(f"{f.name} must be {'a number' if f.type == 'float' else f'of type {f.type}'}, "
+                                  f"got {v!r} ({type(v).__name__}){hint}")
+
+        need(self.method in ALGORITHMS, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
+        need(self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        need(self.scheme in PARTITION_SCHEMES, f"unknown partition scheme {self.scheme!r}; choose one of: {', '.join(PARTITION_SCHEMES)}")
+        need(self.lam > 0, f"lam (Dirichlet concentration) must be > 0, got {self.lam}")
+        need(self.clients >= 1, f"clients must be >= 1, got {self.clients}")
+        need(0 < self.join_ratio <= 1, f"join_ratio must be in (0, 1], got {self.join_ratio}")
+        need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        need(self.local_epochs >= 1, f"local_epochs must be >= 1, got {self.local_epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.last_k >= 1, f"last_k must be >= 1, got {self.last_k}")
+        need(self.image_size in (28, 64, 128, 224), f"image_size must be one of 28, 64, 128, 224, got {self.image_size}")
+        need(self.weighting in ("samples", "uniform"), f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
+        need(self.transport in ("float32", "float16"), f"transport must be 'float32' or 'float16', got {self.transport!r}")
+        need(self.on_nonfinite in ("error", "skip"), f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+        need(0 <= self.drop_rate < 1, f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from .algorithms import algorithm_defaults
+        unknown = set(self.hp) - set(algorithm_defaults(self.method))
+        need(not unknown, f"unknown hyperparameter(s) {sorted(unknown)} for method {self.method!r}; "
+                          f"valid: {sorted(algorithm_defaults(self.method)) or 'none'}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown run config key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved_hp(self) -> dict:
+        from .algorithms import algorithm_defaults
+        return {**algorithm_defaults(self.method), **self.hp}
+
+    def science(self) -> dict:
+        """Everything that determines the numbers: the method's full hyperparameters included."""
+        d = self.to_dict()
+        for k in self.EXECUTION_FIELDS:
+            d.pop(k)
+        d["hp"] = self.resolved_hp()
+        return d
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,83 @@
+"""Speed work: the benchmark (benchmarks/bench_sim.py) runs end to end and prints every row
+(tiny settings; no timing is asserted, the machine is shared), and the SVD pre-check that
+made FedMIC rounds faster leaves every payload bit-identical."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared/data/medmnist"
+
+
+def test_benchmark_prints_every_row():
+    if not (SHARED / "breastmnist.npz").exists():
+        pytest.skip(f"real MedMNIST files not found in {SHARED}")
+    cmd = [sys.executable, str(REPO / "benchmarks/bench_sim.py"), "--dataset", "breastmnist", "--root", str(SHARED),
+           "--clients", "3", "--scale-clients", "6", "--batch-size", "64", "--repeats", "1", "--threads", "1",
+           "--fedmic-hp", '{"student_width": 0.25, "teacher_width": 0.25}']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 3 and cells[0].isdigit():
+            rows.setdefault(cells[0], []).append(cells)
+    assert sorted(rows) == ["1", "2", "3", "4", "5", "6"], text
+    for r in ("1", "2", "3", "4"):  # round seconds and images/s measured and positive
+        (cells,) = rows[r]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0, cells
+    assert re.search(r"\| [\d.]+x = fedavg's speed-up \|", text), text
+    assert [c[1] for c in rows["5"]] == ["fedavg", "fedmic"]
+    svd_s = float(rows["5"][1][4])
+    assert svd_s > 0, "FedMIC's SVD codec time was not measured"
+    # row 6: both methods at both client counts, the larger one with 6 clients x ~91 images
+    assert [(c[1], c[2].split(" x ")[0]) for c in rows["6"]] == [("fedavg", "3"), ("fedavg", "6"),
+                                                                  ("fedmic", "3"), ("fedmic", "6")]
+
+
+def _with_spectrum(rows, cols, s, g):
+    u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=g, dtype=torch.float64))
+    return ((u[:, :len(s)] * s) @ v[:, :len(s)].T).float()
+
+
+def test_dense_precheck_skips_svds_and_keeps_payloads_identical(monkeypatch):
+    """The speed-up of svd_encode (no SVD for a matrix certain to be sent dense) must give the
+    very payload the SVD path gives, also for matrices next to the dense threshold."""
+    from fedmic import comm
+
+    g = torch.Generator().manual_seed(0)
+    rows, cols, energy = 96, 160, 0.95
+    k_dense = next(k for k in range(rows + 1) if k * (rows + cols + 1) * 4 + 4 * 3 >= rows * cols * 4)
+    state = {"near_full_rank": torch.randn(rows, cols, generator=g),
+             "conv": torch.randn(16, 8, 3, 3, generator=g),
+             "low_rank": torch.randn(rows, 4, generator=g) @ torch.randn(4, cols, generator=g),
+             "zero": torch.zeros(rows, cols), "bias": torch.randn(rows, generator=g)}
+    # energy share of the best rank k_dense-1 just below, inside and above the check's margin
+    for share in (energy - 2e-3, energy - 2e-4, energy + 2e-4, energy + 0.03):
+        s = torch.empty(rows, dtype=torch.float64)
+        s[:k_dense - 1] = (share / (k_dense - 1)) ** 0.5
+        s[k_dense - 1:] = ((1 - share) / (rows - k_dense + 1)) ** 0.5
+        state[f"share_{share:.4f}"] = _with_spectrum(rows, cols, s, g)
+
+    calls = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(comm.torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    for kw in ({"energy": energy}, {"rank": k_dense}, {"rank": 3}):
+        calls.clear()
+        fast = comm.svd_encode(state, dense_check=True, **kw)
+        n_fast = len(calls)
+        calls.clear()
+        ref = comm.svd_encode(state, dense_check=False, **kw)
+        assert fast.meta == ref.meta and fast.tensors.keys() == ref.tensors.keys()
+        assert all(torch.equal(fast.tensors[k], ref.tensors[k]) for k in ref.tensors)
+        assert n_fast < len(calls) if "energy" in kw or kw["rank"] >= k_dense else n_fast == len(calls)
+    energy_payload = comm.svd_encode(state, energy)
+    # both kinds of outcome occur next to the threshold, so the test exercises both paths
+    assert {"low_rank", "zero", f"share_{energy + 2e-4:.4f}"} <= set(energy_payload.meta)
+    assert {"near_full_rank", f"share_{energy - 2e-3:.4f}", f"share_{energy - 2e-4:.4f}"} <= set(energy_payload.tensors)

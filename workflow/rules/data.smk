@@ -1,0 +1,31 @@
+# Download (verified by MD5) and partition. Both are local rules: compute nodes may have no internet.
+
+
+rule download:
+    output:
+        protected(f"{DATA_ROOT}/{{dataset}}.npz"),
+    log:
+        f"{LOGS}/download/{{dataset}}.log",
+    localrule: True
+    conda:
+        "../envs/fedmic.yaml"
+    shell:
+        "{FEDMIC} download --dataset {wildcards.dataset} --root {DATA_ROOT} --quiet > {log} 2>&1"
+
+
+rule partition:
+    input:
+        npz=lambda wc: dataset_file(wc.dataset),
+    output:
+        f"{RESULTS}/partitions/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.json",
+    params:
+        min_size=config.get("partition", {}).get("min_size", 10),
+    log:
+        f"{LOGS}/partition/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.log",
+    localrule: True
+    conda:
+        "../envs/fedmic.yaml"
+    shell:
+        "{FEDMIC} partition --dataset {wildcards.dataset} --root {DATA_ROOT} --scheme {wildcards.scheme}"
+        " --lam {wildcards.lam} --clients {wildcards.clients} --seed {wildcards.seed}"
+        " --min-size {params.min_size} --out {output} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# One federated simulation per job. GPU-tagged: the default profile allows one GPU job at a
+# time, the SLURM profile sends these jobs to a GPU partition. On SLURM,
+# profiles/slurm/grouped bundles several of these jobs into one GPU job (group `train_group`,
+# set from the profile so this rule stays ungrouped elsewhere; docs/slurm.md).
+
+
+rule train:
+    input:
+        partition=partition_of_run,
+        code=code_of_run,
+    output:
+        run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
+        timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
+    params:
+        config=run_config_json,
+    log:
+        f"{LOGS}/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
+    threads: config.get("threads_per_run", 2)
+    resources:
+        gpu=1,
+        runtime=train_runtime_min,
+        mem_mb=train_mem_mb,
+    conda:
+        "../envs/fedmic.yaml"
+    shell:
+        "{FEDMIC} train --config {params.config:q} --partition {input.partition} --root {DATA_ROOT}"
+        " --threads {threads} --out {output.run} > {log} 2>&1"
