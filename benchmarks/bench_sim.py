@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import cProfile
+import functools
 import io
 import json
 import os
@@ -71,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (median reported)")
     p.add_argument("--root", default=os.environ.get("FEDMIC_MEDMNIST_ROOT") or str(SHARED_DATA),
                    help="MedMNIST folder")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time FedMIC rounds with each of its speed-ups switched off in turn (interleaved)")
     p.add_argument("--profile", action="store_true",
                    help="also print a torch.profiler and a cProfile summary of one FedAvg and one FedMIC round")
     return p.parse_args(argv)
@@ -236,6 +239,32 @@ def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> s
     return out + "\n" + buf.getvalue()
 
 
+def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """FedMIC rounds as shipped, without the dense pre-check of the SVD codec, and without
+    decoding each broadcast once per round (the old once-per-client decoding)."""
+    orig_encode, algo = fedmic_module.svd_encode, sim.algo
+    variants = {
+        "as shipped": lambda: None,
+        "no dense pre-check (SVD of every matrix)":
+            lambda: setattr(fedmic_module, "svd_encode", functools.partial(orig_encode, dense_check=False)),
+        "broadcast decoded per client": lambda: setattr(algo, "_broadcast_state", algo.decode),
+    }
+    out = {k: [] for k in variants}
+    rnd = first_round
+    try:
+        for _ in range(repeats):
+            for name, switch in variants.items():
+                switch()
+                out[name].append(timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device))
+                fedmic_module.svd_encode = orig_encode
+                algo.__dict__.pop("_broadcast_state", None)
+            rnd += 1
+    finally:
+        fedmic_module.svd_encode = orig_encode
+        algo.__dict__.pop("_broadcast_state", None)
+    return out
+
+
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -275,6 +304,8 @@ def run(args) -> dict:
                     for k, v in rows.items():
                         (t_scale if k in t_scale else t)[k].append(v)
         last = args.repeats + 2
+        abl = ablate(fedmic, last, args.repeats, device) if args.ablate else {}
+        last += args.repeats
         profile = (profile_round(fedavg, last, True) + "\n" + profile_round(fedmic, last, True)) if args.profile else ""
         n_img = images_per_round(fedavg, 2)
         sizes = {k: (len(sample_clients(s.cfg, 2)), round(images_per_round(s, 2) / len(sample_clients(s.cfg, 2))))
@@ -282,7 +313,7 @@ def run(args) -> dict:
     med = {k: median(v) for k, v in t.items()}
     for k, v in t_scale.items():
         med[f"{k[0]}_{k[1]}"] = median(v)
-    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile,
+    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl,
             "load": (load_before, os.getloadavg()[0])}
 
 
@@ -333,6 +364,13 @@ def report(args, res: dict) -> str:
                 c, per = res["sizes"][(meth, clients)]
                 lines.append(f"| 6 | {meth} | {c} x {per} | {statistics.median(seq):.3f} | "
                              f"{statistics.median(seq) / med[meth]:.2f} | {', '.join(f'{x:.3f}' for x in seq)} |")
+    if res["ablate"]:
+        base = statistics.median(res["ablate"]["as shipped"])
+        lines += ["", "| # | fedmic speed-up switched off | median s | ratio to as shipped | round times (s) |",
+                  "|---|---|--:|--:|---|"]
+        for name, seq in res["ablate"].items():
+            lines.append(f"| 3 | {name} | {statistics.median(seq):.3f} | {statistics.median(seq) / base:.2f} | "
+                         f"{', '.join(f'{x:.3f}' for x in seq)} |")
     if res["profile"]:
         lines += ["", "profile of one FedAvg round + evaluation, then one FedMIC round + evaluation:", res["profile"]]
     return "\n".join(lines)

@@ -5,10 +5,12 @@ import sys
 
 from snakemake.utils import validate
 
-# Jobs call the package with the Python that runs Snakemake (or the rule's conda env with
-# --sdm conda); PYTHONPATH makes the checkout importable in both without installing it there.
+# Jobs call the package with the Python that runs Snakemake, or, with --sdm conda, with the
+# rule's environment and this checkout on its path (the package is not installed there).
 REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
 sys.path.insert(0, REPO)
+_conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
+FEDMIC = f"env PYTHONPATH={REPO} python -m fedmic.cli" if _conda else f"{sys.executable} -m fedmic.cli"
 
 from fedmic import grid
 from fedmic.config import ConfigError
@@ -16,14 +18,10 @@ from fedmic.config import ConfigError
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-_conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
-FEDMIC = "python -m fedmic.cli" if _conda else f"{sys.executable} -m fedmic.cli"
-
 RESULTS = config["results"]
 LOGS = config.get("logs", "logs")
 DATA_ROOT = os.path.abspath(os.path.expanduser(
-    config.get("data_root") or os.environ.get("FEDMIC_MEDMNIST_ROOT") or "~/.medmnist"))
+    config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT") or "~/.medmnist"))
 
 try:
     RUNS = grid.all_runs(config)

@@ -4,13 +4,16 @@
 rule download:
     output:
         protected(f"{DATA_ROOT}/{{dataset}}.npz"),
+    params:
+        fedmic=FEDMIC,
+        root=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     localrule: True
     conda:
         "../envs/fedmic.yaml"
     shell:
-        "{FEDMIC} download --dataset {wildcards.dataset} --root {DATA_ROOT} --quiet > {log} 2>&1"
+        "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root} --quiet > {log} 2>&1"
 
 
 rule partition:
@@ -19,6 +22,8 @@ rule partition:
     output:
         f"{RESULTS}/partitions/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.json",
     params:
+        fedmic=FEDMIC,
+        root=DATA_ROOT,
         min_size=config.get("partition", {}).get("min_size", 10),
     log:
         f"{LOGS}/partition/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.log",
@@ -26,6 +31,6 @@ rule partition:
     conda:
         "../envs/fedmic.yaml"
     shell:
-        "{FEDMIC} partition --dataset {wildcards.dataset} --root {DATA_ROOT} --scheme {wildcards.scheme}"
+        "{params.fedmic} partition --dataset {wildcards.dataset} --root {params.root} --scheme {wildcards.scheme}"
         " --lam {wildcards.lam} --clients {wildcards.clients} --seed {wildcards.seed}"
         " --min-size {params.min_size} --out {output} > {log} 2>&1"

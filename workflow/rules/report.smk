@@ -31,8 +31,10 @@ for _name in grid.TABLES:
             md=f"{RESULTS}/tables/{_name}.md",
             tex=f"{RESULTS}/tables/{_name}.tex",
         params:
+            fedmic=FEDMIC,
+            root=DATA_ROOT,
             name=_name,
-            stem=f"{RESULTS}/tables/{_name}",
+            stem=lambda wc, output: os.path.splitext(output.csv)[0],
             target=lambda wc, _n=_name: (
                 f"--target {config['tables'][_n]['target']}"
                 if (config.get("tables", {}).get(_n) or {}).get("target") is not None
@@ -44,7 +46,7 @@ for _name in grid.TABLES:
         conda:
             "../envs/fedmic.yaml"
         shell:
-            "{FEDMIC} table {params.name} --inputs {input.runs} --out {params.stem} --root {DATA_ROOT}"
+            "{params.fedmic} table {params.name} --inputs {input.runs} --out {params.stem} --root {params.root}"
             " {params.target} > {log} 2>&1"
 
 
@@ -61,12 +63,14 @@ for _name in grid.FIGURES:
             png=report(f"{RESULTS}/figures/{_name}.png", caption=f"../report/{_name}.rst", category="Figures"),
             pdf=f"{RESULTS}/figures/{_name}.pdf",
         params:
+            fedmic=FEDMIC,
+            root=DATA_ROOT,
             name=_name,
-            stem=f"{RESULTS}/figures/{_name}",
+            stem=lambda wc, output: os.path.splitext(output.png)[0],
         log:
             f"{LOGS}/figures/{_name}.log",
         localrule: True
         conda:
             "../envs/fedmic.yaml"
         shell:
-            "{FEDMIC} figure {params.name} --inputs {input.runs} --out {params.stem} --root {DATA_ROOT} > {log} 2>&1"
+            "{params.fedmic} figure {params.name} --inputs {input.runs} --out {params.stem} --root {params.root} > {log} 2>&1"

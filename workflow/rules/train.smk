@@ -12,6 +12,8 @@ rule train:
         run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
         timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
     params:
+        fedmic=FEDMIC,
+        root=DATA_ROOT,
         config=run_config_json,
     log:
         f"{LOGS}/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.log",
@@ -25,5 +27,5 @@ rule train:
     conda:
         "../envs/fedmic.yaml"
     shell:
-        "{FEDMIC} train --config {params.config:q} --partition {input.partition} --root {DATA_ROOT}"
+        "{params.fedmic} train --config {params.config:q} --partition {input.partition} --root {params.root}"
         " --threads {threads} --out {output.run} > {log} 2>&1"
