@@ -8,6 +8,8 @@ Rows (docs/performance.md explains them and records the tables):
                global model per client, state_dict averaging
   5. eval/SVD  evaluation of all clients and the SVD codec as a share of an eval_every=1 round
   6. scale     the same images spread over more, smaller clients
+  7. options   (--options) what PyTorch offers, on the bare loop of row 1: channels_last,
+               torch.compile, thread counts, and torch.func (vmap) training of all clients at once
 
 Every measurement runs in this one process; the repeats are interleaved (one round of each row,
 then the next repeat) so that a machine shared with other jobs slows every row alike, and
@@ -74,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="MedMNIST folder")
     p.add_argument("--ablate", action="store_true",
                    help="also time FedMIC rounds with each of its speed-ups switched off in turn (interleaved)")
+    p.add_argument("--options", action="store_true",
+                   help="also time the bare loop with channels_last, torch.compile, 1 thread and torch.func client batching")
     p.add_argument("--profile", action="store_true",
                    help="also print a torch.profiler and a cProfile summary of one FedAvg and one FedMIC round")
     return p.parse_args(argv)
@@ -265,6 +269,88 @@ def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device
     return out
 
 
+class VmapClients:
+    """All sampled clients trained in lockstep as one batched computation (torch.func): one
+    stacked copy of the parameters per client, vmap over grad of a functional call. Each step
+    takes one full batch from every client; rounds are cut at the smallest client's step count,
+    so the images per second, not the round time, are what to compare."""
+
+    def __init__(self, sim: Simulation):
+        from torch.func import functional_call, grad, stack_module_state, vmap
+
+        self.sim = sim
+        clients = sample_clients(sim.cfg, 1)
+        models = [sim.ctx.make_model() for _ in clients]
+        self.params, self.buffers = stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def loss(p, b, x, y):
+            return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+        self.step_grad = vmap(grad(loss))
+        self.clients = clients
+
+    def batches(self, rnd: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.sim.cfg
+        per_client = []
+        for cid in self.clients:
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
+            per_client.append([b for b in self.sim.train[cid].batches(cfg.batch_size, gen) if len(b[1]) == cfg.batch_size])
+        steps = min(len(b) for b in per_client)
+        return [(torch.stack([c[i][0] for c in per_client]), torch.stack([c[i][1] for c in per_client]))
+                for i in range(steps)]
+
+    def round(self, batches) -> None:
+        lr = self.sim.cfg.lr
+        for x, y in batches:
+            g = self.step_grad(self.params, self.buffers, x, y)
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.sub_(lr * g[k])
+
+
+def pytorch_options(args, sim: Simulation, device: torch.device) -> dict:
+    """Row 7: the bare loop of row 1 under each option, repeats interleaved. Returns
+    {variant: (images per repeat, [seconds])} and the one-off compile time."""
+    threads = torch.get_num_threads()
+    eager = Limit(sim)
+    cl = Limit(sim)
+    cl.model = cl.model.to(memory_format=torch.channels_last)
+    comp = Limit(sim)
+    comp.model = torch.compile(comp.model)
+    batches = eager.batches(1)
+    n = sum(len(y) for _, y in batches)
+    cl_batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    t0 = time.perf_counter()
+    comp.round(batches)  # compilation (and recompilation for the last, smaller batches)
+    compile_s = time.perf_counter() - t0
+    vm = VmapClients(sim)
+    vm_batches = vm.batches(1)
+    vm_n = sum(y.numel() for _, y in vm_batches)
+    vm.round(vm_batches)
+    variants = {
+        f"eager, {threads} thread{'s' if threads > 1 else ''}": (n, lambda: eager.round(batches)),
+        "channels_last": (n, lambda: cl.round(cl_batches)),
+        "torch.compile": (n, lambda: comp.round(batches)),
+        f"torch.func vmap over {len(vm.clients)} clients": (vm_n, lambda: vm.round(vm_batches)),
+    }
+    if threads > 1:
+        def one_thread():
+            torch.set_num_threads(1)
+            try:
+                eager.round(batches)
+            finally:
+                torch.set_num_threads(threads)
+        variants["eager, 1 thread"] = (n, one_thread)
+    for _, fn in variants.values():
+        fn()  # warm-up
+    out = {k: (v[0], []) for k, v in variants.items()}
+    for _ in range(args.repeats):
+        for name, (_, fn) in variants.items():
+            out[name][1].append(timed(fn, device))
+    return {"variants": out, "compile_s": compile_s}
+
+
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -305,6 +391,7 @@ def run(args) -> dict:
                         (t_scale if k in t_scale else t)[k].append(v)
         last = args.repeats + 2
         abl = ablate(fedmic, last, args.repeats, device) if args.ablate else {}
+        opts = pytorch_options(args, fedavg, device) if args.options else {}
         last += args.repeats
         profile = (profile_round(fedavg, last, True) + "\n" + profile_round(fedmic, last, True)) if args.profile else ""
         n_img = images_per_round(fedavg, 2)
@@ -313,7 +400,7 @@ def run(args) -> dict:
     med = {k: median(v) for k, v in t.items()}
     for k, v in t_scale.items():
         med[f"{k[0]}_{k[1]}"] = median(v)
-    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl,
+    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl, "options": opts,
             "load": (load_before, os.getloadavg()[0])}
 
 
@@ -371,6 +458,16 @@ def report(args, res: dict) -> str:
         for name, seq in res["ablate"].items():
             lines.append(f"| 3 | {name} | {statistics.median(seq):.3f} | {statistics.median(seq) / base:.2f} | "
                          f"{', '.join(f'{x:.3f}' for x in seq)} |")
+    if res["options"]:
+        var = res["options"]["variants"]
+        base_name = next(iter(var))
+        base = var[base_name][0] / statistics.median(var[base_name][1])
+        lines += ["", f"| # | bare loop of row 1 | images | median s | images/s | ratio to {base_name} |",
+                  "|---|---|--:|--:|--:|--:|"]
+        for name, (imgs, seq) in var.items():
+            ips = imgs / statistics.median(seq)
+            lines.append(f"| 7 | {name} | {imgs} | {statistics.median(seq):.3f} | {ips:.0f} | {ips / base:.2f} |")
+        lines.append(f"torch.compile's first round (compilation included): {res['options']['compile_s']:.1f} s")
     if res["profile"]:
         lines += ["", "profile of one FedAvg round + evaluation, then one FedMIC round + evaluation:", res["profile"]]
     return "\n".join(lines)

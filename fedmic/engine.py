@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .algorithms import ClientData, Context, get_algorithm
-from .comm import NonFiniteError, kept_ranks
+from .comm import NonFiniteError, all_finite, kept_ranks
 from .config import RunConfig
 from .metrics import majority_floors, personalised_summary, scores
 from .utils import derive_seed, dump_json
@@ -59,7 +59,7 @@ def _tensors(obj, prefix=""):
 
 def first_nonfinite(obj) -> str | None:
     for name, t in _tensors(obj):
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not all_finite(t):
             return name
     return None
 

@@ -18,7 +18,7 @@ def test_benchmark_prints_every_row():
         pytest.skip(f"real MedMNIST files not found in {SHARED}")
     cmd = [sys.executable, str(REPO / "benchmarks/bench_sim.py"), "--dataset", "breastmnist", "--root", str(SHARED),
            "--clients", "3", "--scale-clients", "6", "--batch-size", "64", "--repeats", "1", "--threads", "1",
-           "--fedmic-hp", '{"student_width": 0.25, "teacher_width": 0.25}']
+           "--fedmic-hp", '{"student_width": 0.25, "teacher_width": 0.25}', "--options"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -27,7 +27,7 @@ def test_benchmark_prints_every_row():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) > 3 and cells[0].isdigit():
             rows.setdefault(cells[0], []).append(cells)
-    assert sorted(rows) == ["1", "2", "3", "4", "5", "6"], text
+    assert sorted(rows) == ["1", "2", "3", "4", "5", "6", "7"], text
     for r in ("1", "2", "3", "4"):  # round seconds and images/s measured and positive
         (cells,) = rows[r]
         assert float(cells[2]) > 0 and float(cells[3]) > 0, cells
@@ -38,6 +38,10 @@ def test_benchmark_prints_every_row():
     # row 6: both methods at both client counts, the larger one with 6 clients x ~91 images
     assert [(c[1], c[2].split(" x ")[0]) for c in rows["6"]] == [("fedavg", "3"), ("fedavg", "6"),
                                                                   ("fedmic", "3"), ("fedmic", "6")]
+    # row 7: every PyTorch option timed on the bare loop, vmap over the 3 clients
+    assert [c[1] for c in rows["7"]] == ["eager, 1 thread", "channels_last", "torch.compile",
+                                         "torch.func vmap over 3 clients"], text
+    assert all(float(c[4]) > 0 for c in rows["7"]), rows["7"]
 
 
 def _with_spectrum(rows, cols, s, g):
@@ -81,3 +85,23 @@ def test_dense_precheck_skips_svds_and_keeps_payloads_identical(monkeypatch):
     # both kinds of outcome occur next to the threshold, so the test exercises both paths
     assert {"low_rank", "zero", f"share_{energy + 2e-4:.4f}"} <= set(energy_payload.meta)
     assert {"near_full_rank", f"share_{energy - 2e-3:.4f}", f"share_{energy - 2e-4:.4f}"} <= set(energy_payload.tensors)
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([1.0, -2.0, 3.0], True),
+    ([3e38, 3e38, 3e38], True),            # the sum overflows, the values are finite
+    ([1.0, float("inf")], False),
+    ([float("-inf"), float("inf")], False),
+    ([0.0, float("nan")], False),
+    ([], True),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_all_finite_matches_elementwise_check(values, finite, dtype):
+    """The engine's fast finiteness check (one sum first) says what torch.isfinite(t).all() says."""
+    from fedmic.comm import all_finite
+
+    t = torch.tensor(values, dtype=torch.float32)
+    if dtype == torch.float16:
+        t = t.clamp(-6e4, 6e4).to(dtype) if finite else t.to(dtype)
+    t = t.repeat(1000) if len(values) else t
+    assert all_finite(t) == bool(torch.isfinite(t).all()) == finite
