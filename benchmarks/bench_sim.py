@@ -68,8 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fedmic-hp", type=json.loads, default={},
                    help='FedMIC hyperparameters as JSON, e.g. \'{"gpd": false}\' to see a round without SVD')
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", action="store_true",
-                   help="models in channels_last memory format (limit and engine alike)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (median reported)")
     p.add_argument("--root", default=os.environ.get("FEDMIC_MEDMNIST_ROOT") or str(SHARED_DATA),
@@ -139,8 +137,6 @@ def build_sim(args, data, method: str, clients: int, workdir: Path) -> Simulatio
                     local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
                     threads=args.threads, progress=False, checkpoint_every=0,
                     hp=dict(args.fedmic_hp) if method == "fedmic" else {})
-    # read by the engine (getattr) until the run config has the field
-    cfg.channels_last = args.channels_last
     return Simulation(cfg, path, args.root)
 
 
@@ -416,7 +412,7 @@ def report(args, res: dict) -> str:
     med = res["median"]
     lines = [
         f"config: {args.dataset}, {args.clients} clients, join ratio {args.join_ratio}, {args.local_epochs} local epoch(s), "
-        f"batch {args.batch_size}, model {args.model}{' channels_last' if args.channels_last else ''}, device {args.device}, "
+        f"batch {args.batch_size}, model {args.model}, device {args.device}, "
         f"threads {torch.get_num_threads()}, {n} training images per round, median of {args.repeats} rounds after 1 warm-up",
         f"machine: {machine()}, torch {torch.__version__}, python {platform.python_version()}, "
         f"1-min load average {res['load'][0]:.1f} at start, {res['load'][1]:.1f} at end",

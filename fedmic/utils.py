@@ -1,11 +1,12 @@
 """Small helpers shared by every stage: stable seeds, atomic writes, JSON without NaN."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -17,24 +18,37 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see all or nothing."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb"):
+    """Every file the pipeline writes goes through here: a temporary file beside `path`
+    (same file system, so the rename is atomic), synced and renamed onto `path` when the block
+    ends cleanly, removed on any error. Readers, and Snakemake after a crash, see the old file
+    or the new one, never half of one. open(..., "x") rather than mkstemp: the file gets the
+    usual umask permissions, not 0600."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open writes whole files; mode must contain 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def json_clean(obj):

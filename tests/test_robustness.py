@@ -262,6 +262,26 @@ def test_dump_json_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {"v": 2, "nan": None}
 
 
+def test_atomic_open_is_all_or_nothing_with_umask_permissions(tmp_path):
+    """Every writer (run JSONs, partitions, tables, checkpoints, downloads) shares atomic_open."""
+    path = tmp_path / "sub" / "table.csv"
+    with utils.atomic_open(path, "w") as f:
+        f.write("a,b\n")
+        assert not path.exists()  # nothing visible before the block ends
+    assert path.read_text() == "a,b\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        with utils.atomic_open(path, "w") as f:
+            f.write("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "a,b\n" and leftovers(path.parent) == []
+    with pytest.raises(ValueError, match="mode must contain 'w'"):
+        with utils.atomic_open(path, "a"):
+            pass
+
+
 def test_failed_checkpoint_write_keeps_the_previous_one(part, tmp_path, monkeypatch):
     sim = Simulation(cfg(), part, DATA)
     out = tmp_path / "run.json"

@@ -57,13 +57,9 @@ class Context:
     weight_decay: float = 0.0
     transport_dtype: torch.dtype = torch.float32
     hp: dict = field(default_factory=dict)
-    channels_last: bool = False
 
     def make_model(self, width: float = 1.0) -> SplitModel:
-        m = build_model(self.model, self.in_channels, self.n_classes, width, self.image_size).to(self.device)
-        if self.channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        return m
+        return build_model(self.model, self.in_channels, self.n_classes, width, self.image_size).to(self.device)
 
     def optimizer(self, params) -> "LocalSGD":
         return LocalSGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)

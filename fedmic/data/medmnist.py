@@ -10,7 +10,6 @@ import functools
 import hashlib
 import importlib.util
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ..utils import atomic_open
 
 ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
 DEFAULT_ROOT = "~/.medmnist"
@@ -151,11 +152,11 @@ def ensure_dataset(
         f"Expected MD5 {expected}. Offline? download {source} elsewhere and copy it to {target} "
         f"(folder {folder})."
     )
-    # Same folder as the target so os.replace is atomic; a reader never sees a partial file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{target.name}.part-", dir=folder)
     try:
         digest, received = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=timeout) as resp:
+        # atomic_open renames the file into place only when the block ends cleanly, so a
+        # short or corrupt download leaves nothing behind.
+        with atomic_open(target) as out, urllib.request.urlopen(source, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
@@ -164,16 +165,11 @@ def ensure_dataset(
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-        if total is not None and received != total:
-            raise DatasetError(f"connection closed after {received} of {total} bytes")
-        if digest.hexdigest() != expected:
-            raise DatasetError(f"downloaded file has MD5 {digest.hexdigest()}")
-        os.replace(tmp_name, target)
+            if total is not None and received != total:
+                raise DatasetError(f"connection closed after {received} of {total} bytes")
+            if digest.hexdigest() != expected:
+                raise DatasetError(f"downloaded file has MD5 {digest.hexdigest()}")
     except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         if not isinstance(exc, (Exception, KeyboardInterrupt)):
             raise  # SystemExit and friends keep their meaning
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"

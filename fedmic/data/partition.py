@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from ..utils import atomic_write_text
 
 FORMAT = "fedmic-partition/1"
 SCHEMES = ("dirichlet_label", "dirichlet_client")
@@ -465,8 +465,6 @@ def _jsonable(x: Any) -> Any:
 
 def save_partition(part: Partition, path: str | Path) -> Path:
     """Write ``part`` as JSON, atomically (a reader sees the old file or the new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     d = part.to_dict()
     indices = d.pop("indices")
     # one client per line keeps the file greppable without an int per line
@@ -483,19 +481,7 @@ def save_partition(part: Partition, path: str | Path) -> Path:
     lines.append("  }")
     lines.append("}")
     text = "\n".join(lines) + "\n"
-    # same-folder temp + rename: readers see the old file or the new one, never half;
-    # open(..., "x") keeps umask permissions (mkstemp would make it 0600)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None) -> Partition:

@@ -9,10 +9,8 @@ crash) sees a complete file or none.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -25,34 +23,10 @@ if "matplotlib.pyplot" not in sys.modules:
 import numpy as np
 import pandas as pd
 
+from ..utils import atomic_write_bytes, atomic_write_text
+
 PM = "±"
 _NUM_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?(\s*±\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?)?\s*$")
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp so the file gets the usual umask
-    # permissions instead of 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder + rename."""
-    return _atomic_write(Path(path), text.encode("utf-8"))
-
 
 # --------------------------------------------------------------------------- formatting
 
@@ -289,6 +263,6 @@ def save_figure(fig, stem: str | Path, dpi: int = 200) -> list[Path]:
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
             blobs.append((stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue()))
-        return [_atomic_write(p, b) for p, b in blobs]
+        return [atomic_write_bytes(p, b) for p, b in blobs]
     finally:
         plt.close(fig)
