@@ -75,6 +75,9 @@ def test_tiny_workflow_builds_t1_t2_f3_with_sane_values(tiny_run):
         assert 0.0 <= acc <= 1.0
         assert run["summary"]["uplink_per_round"] > 0
         assert len(run["history"]) == 2
+        # the rule's `threads:` (threads_per_run: 1; torch's default here is the core count)
+        # is the thread count torch trained with
+        assert json.loads(p.with_suffix(".timing.json").read_text())["env"]["threads"] == 1
     md = (res / "tables" / "t2.md").read_text()
     assert "fedavg" in md.lower() and "fedmic" in md.lower()
 
