@@ -9,7 +9,7 @@ SHARED_DATA := $(wildcard ../shared/data/medmnist)
 MEDMNIST_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(HOME)/.medmnist)
 export FEDMIC_MEDMNIST_ROOT := $(MEDMNIST_ROOT)
 
-.PHONY: demo test paper report install clean-demo
+.PHONY: demo test compare paper report install clean-demo
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	@echo "MedMNIST root: $(MEDMNIST_ROOT)"
 	$(VENV)/bin/snakemake all --cores $(CORES) --resources gpu=$(CORES) --configfile config/demo.yaml
+
+# Every method on PneumoniaMNIST and RetinaMNIST, 3 seeds (docs/results.md): about 90 min here.
+compare: install
+	$(VENV)/bin/snakemake table_t2 table_t4 table_t9 --cores $(CORES) --resources gpu=$(CORES) --configfile config/compare.yaml
 
 paper: install
 	$(VENV)/bin/snakemake --cores $(CORES) all
