@@ -7,7 +7,8 @@ Rows (docs/performance.md explains them and records the tables):
   4. naive     the same FedAvg rounds the usual way: DataLoader per client, deepcopy of the
                global model per client, state_dict averaging
   5. eval/SVD  evaluation of all clients and the SVD codec as a share of an eval_every=1 round
-  6. scale     the same images spread over more, smaller clients
+  6. scale     the same images spread over more, smaller clients (and the bare loop on
+               their batches)
   7. options   (--options) what PyTorch offers, on the bare loop of row 1: channels_last,
                torch.compile, thread counts, and torch.func (vmap) training of all clients at once
 
@@ -68,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fedmic-hp", type=json.loads, default={},
                    help='FedMIC hyperparameters as JSON, e.g. \'{"gpd": false}\' to see a round without SVD')
     p.add_argument("--device", default="cpu")
+    p.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
+                   help="the engine's (and so the limit's) memory format; auto: channels_last on CPU")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (median reported)")
     p.add_argument("--root", default=os.environ.get("FEDMIC_MEDMNIST_ROOT") or str(SHARED_DATA),
@@ -135,7 +138,7 @@ def build_sim(args, data, method: str, clients: int, workdir: Path) -> Simulatio
     cfg = RunConfig(dataset=args.dataset, method=method, scheme="dirichlet_client", lam=args.lam, clients=clients,
                     min_size=MIN_SIZE, model=args.model, rounds=50, join_ratio=args.join_ratio,
                     local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                    threads=args.threads, progress=False, checkpoint_every=0,
+                    threads=args.threads, progress=False, checkpoint_every=0, memory_format=args.memory_format,
                     hp=dict(args.fedmic_hp) if method == "fedmic" else {})
     return Simulation(cfg, path, args.root)
 
@@ -240,11 +243,14 @@ def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> s
 
 
 def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """FedMIC rounds as shipped, without the dense pre-check of the SVD codec, and without
-    decoding each broadcast once per round (the old once-per-client decoding)."""
+    """FedMIC rounds as shipped; with the SVD codec's dense pre-check but no reference (an
+    eigendecomposition per uploaded matrix); without the pre-check (an SVD per uploaded
+    matrix); and without decoding each broadcast once per round (the old once-per-client decoding)."""
     orig_encode, algo = fedmic_module.svd_encode, sim.algo
     variants = {
         "as shipped": lambda: None,
+        "no reference (eigendecomposition of every matrix)":
+            lambda: setattr(fedmic_module, "svd_encode", lambda *a, reference=None, **k: orig_encode(*a, **k)),
         "no dense pre-check (SVD of every matrix)":
             lambda: setattr(fedmic_module, "svd_encode", functools.partial(orig_encode, dense_check=False)),
         "broadcast decoded per client": lambda: setattr(algo, "_broadcast_state", algo.decode),
@@ -309,10 +315,11 @@ def pytorch_options(args, sim: Simulation, device: torch.device) -> dict:
     """Row 7: the bare loop of row 1 under each option, repeats interleaved. Returns
     {variant: (images per repeat, [seconds])} and the one-off compile time."""
     threads = torch.get_num_threads()
-    eager = Limit(sim)
-    cl = Limit(sim)
+    # every variant but channels_last starts from contiguous weights, whatever the engine uses
+    eager, cl, comp = Limit(sim), Limit(sim), Limit(sim)
+    for lim in (eager, comp):
+        lim.model = lim.model.to(memory_format=torch.contiguous_format)
     cl.model = cl.model.to(memory_format=torch.channels_last)
-    comp = Limit(sim)
     comp.model = torch.compile(comp.model)
     batches = eager.batches(1)
     n = sum(len(y) for _, y in batches)
@@ -366,6 +373,10 @@ def run(args) -> dict:
 
         t = {k: [] for k in ("limit", "fedavg", "fedmic", "naive", "eval_fedavg", "eval_fedmic", "svd")}
         t_scale = {k: [] for k in scale if k[1] != args.clients}
+        # the bare loop on the small clients' batches: what smaller batches cost any simulator
+        scale_limit = Limit(scale[("fedavg", args.scale_clients)]) if args.scale_clients else None
+        if scale_limit:
+            t_scale[("limit", args.scale_clients)] = []
         with SVDClock(device) as svd:
             for rnd in range(1, args.repeats + 2):  # round 1 is the warm-up
                 batches = limit.batches(rnd)
@@ -380,6 +391,10 @@ def run(args) -> dict:
                 rows["svd"] = svd.take()
                 rows["eval_fedmic"] = timed(fedmic.evaluate, device)
                 for key in t_scale:
+                    if key[0] == "limit":
+                        small_batches = scale_limit.batches(rnd)
+                        rows[key] = timed(lambda: scale_limit.round(small_batches), device)
+                        continue
                     sim = scale[key]
                     rows[key] = timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device)
                 if rnd > 1:
@@ -396,7 +411,8 @@ def run(args) -> dict:
     med = {k: median(v) for k, v in t.items()}
     for k, v in t_scale.items():
         med[f"{k[0]}_{k[1]}"] = median(v)
-    return {"t": t, "t_scale": t_scale, "median": med, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl, "options": opts,
+    fmt = "channels_last" if fedavg.ctx.memory_format == torch.channels_last else "contiguous"
+    return {"t": t, "t_scale": t_scale, "median": med, "memory_format": fmt, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl, "options": opts,
             "load": (load_before, os.getloadavg()[0])}
 
 
@@ -412,7 +428,7 @@ def report(args, res: dict) -> str:
     med = res["median"]
     lines = [
         f"config: {args.dataset}, {args.clients} clients, join ratio {args.join_ratio}, {args.local_epochs} local epoch(s), "
-        f"batch {args.batch_size}, model {args.model}, device {args.device}, "
+        f"batch {args.batch_size}, model {args.model}, device {args.device}, memory format {res['memory_format']}, "
         f"threads {torch.get_num_threads()}, {n} training images per round, median of {args.repeats} rounds after 1 warm-up",
         f"machine: {machine()}, torch {torch.__version__}, python {platform.python_version()}, "
         f"1-min load average {res['load'][0]:.1f} at start, {res['load'][1]:.1f} at end",
@@ -441,10 +457,10 @@ def report(args, res: dict) -> str:
         k = args.scale_clients
         lines += ["", f"| # | scale (same images) | clients x images | median s | ratio to {args.clients} clients | "
                   "round times (s), in order |", "|---|---|---|--:|--:|---|"]
-        for meth in ("fedavg", "fedmic"):
+        for meth in ("limit", "fedavg", "fedmic"):
             for clients in (args.clients, k):
                 seq = t[meth] if clients == args.clients else res["t_scale"][(meth, k)]
-                c, per = res["sizes"][(meth, clients)]
+                c, per = res["sizes"][("fedavg" if meth == "limit" else meth, clients)]
                 lines.append(f"| 6 | {meth} | {c} x {per} | {statistics.median(seq):.3f} | "
                              f"{statistics.median(seq) / med[meth]:.2f} | {', '.join(f'{x:.3f}' for x in seq)} |")
     if res["ablate"]:

@@ -75,11 +75,42 @@ def _sent_dense(k: int, rows: int, cols: int, ndim: int, elem: int) -> bool:
     return k * (rows + cols + 1) * elem + META_INT_BYTES * (ndim + 1) >= rows * cols * elem
 
 
-def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int) -> bool:
+class SpectralReference:
+    """A state that uploads stay close to (the broadcast they were trained from). For each of
+    its matrices it keeps sqrt of the energy of the best rank p (the Ky Fan (p, 2) norm),
+    computed once; `_surely_dense` then settles most uploads from ||upload - reference||
+    alone, without a Gram matrix and eigendecomposition per upload."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.state = state
+        self._root: dict[tuple[str, int], tuple[torch.Tensor, float, float]] = {}
+
+    def top_root(self, name: str, shape: torch.Size, p: int) -> tuple[torch.Tensor, float, float] | None:
+        """(the reference as a float32 matrix, sqrt of its top-p energy, its top-p energy
+        share), or None when the reference has no such matrix."""
+        if (name, p) not in self._root:
+            ref = self.state.get(name)
+            if ref is None or ref.shape != shape or not ref.is_floating_point():
+                return None
+            r = ref.detach().reshape(shape[0], -1).float()
+            a = r.double()
+            lam = torch.linalg.eigvalsh(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a).flip(0).clamp_min(0)
+            top, total = float(lam[:p].sum()), float(lam.sum())
+            self._root[(name, p)] = (r, top ** 0.5, top / total if total > 0 else 0.0)
+        return self._root[(name, p)]
+
+
+def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: str = "",
+                  reference: SpectralReference | None = None, shape: torch.Size | None = None) -> bool:
     """True when the energy rule is certain to keep a rank at which `m` is sent dense, so its
-    SVD would be thrown away. Decided from the eigenvalues of the float64 Gram matrix (the
-    squared singular values, ~5x cheaper than the SVD of a 512x1024 matrix) with a margin,
-    so it never disagrees with the SVD's decision; when unsure, the SVD decides."""
+    SVD would be thrown away; when unsure, the SVD decides. It never disagrees with the SVD's
+    decision: the energy share of the best rank below the dense threshold must be below
+    `energy` by a margin. That share is bounded two ways, cheapest first:
+    - with a reference R close to m: the Ky Fan (p, 2) norm is a norm, so
+      ||m||_(p) <= ||R||_(p) + ||m - R||_F (the reference's part is computed once per
+      reference). When R itself would be factorised, m goes straight to the SVD instead;
+    - exactly, from the eigenvalues of the float64 Gram matrix (the squared singular values,
+      ~5x cheaper than the SVD of a 512x1024 matrix)."""
     rows, cols = m.shape
     n = min(rows, cols)
     k_dense = max(0, (rows * cols * elem - META_INT_BYTES * (ndim + 1)) // ((rows + cols + 1) * elem))
@@ -89,21 +120,35 @@ def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int) -> bool:
         k_dense += 1
     if k_dense > n or energy - DENSE_CHECK_MARGIN <= 0:
         return False
-    a = m.double()
-    lam = torch.linalg.eigvalsh(a @ a.T if rows <= cols else a.T @ a).flip(0).clamp_min(0)
-    total = float(lam.sum())
+    total = float(torch.linalg.vector_norm(m, dtype=torch.float64)) ** 2
     if total == 0:  # all-zero matrix: the SVD path sends it as an explicit rank-0 record
         return False
-    return float(lam[:k_dense - 1].sum()) < (energy - DENSE_CHECK_MARGIN) * total if k_dense > 1 else True
+    if k_dense <= 1:
+        return True
+    ref = reference.top_root(name, shape, k_dense - 1) if reference is not None else None
+    if ref is not None:
+        r, root, share = ref
+        # 1e-6: float32 rounding of m - r (2^-24 of each element) and the float64 sums, far
+        # below the margin
+        dist = float(torch.linalg.vector_norm(m - r, dtype=torch.float64)) * (1 + 1e-6)
+        if (root + dist) ** 2 * (1 + 1e-6) < (energy - DENSE_CHECK_MARGIN) * total:
+            return True
+        if share >= energy:
+            return False
+    a = m.double()
+    lam = torch.linalg.eigvalsh(a @ a.T if rows <= cols else a.T @ a).flip(0).clamp_min(0)
+    return float(lam[:k_dense - 1].sum()) < (energy - DENSE_CHECK_MARGIN) * float(lam.sum())
 
 
 def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtype: torch.dtype = torch.float32,
-               rank: int | None = None, dense_check: bool = True) -> Payload:
+               rank: int | None = None, dense_check: bool = True,
+               reference: SpectralReference | None = None) -> Payload:
     """Dynamic singular-value selection (SPEC 1.2): each tensor with >= 2 dims is reshaped to
     (out, rest) and sent as U_k, s_k, V_k^T when that is smaller than the dense matrix;
     everything else is sent dense. Ranks and shapes go in the metadata. k is the smallest rank
     keeping `energy` of sum(s^2), or `rank` when given (the fixed-rank ablation).
-    `dense_check`: skip the SVD of a matrix that is certain to be sent dense (same payload)."""
+    `dense_check`: skip the SVD of a matrix that is certain to be sent dense (same payload);
+    `reference`: a state close to `state` that makes that check cheap (see `_surely_dense`)."""
     p = Payload()
     for name, w in state.items():
         w = w.detach()
@@ -116,7 +161,7 @@ def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtyp
         rows, cols = m.shape
         elem = torch.empty((), dtype=dtype).element_size()
         if dense_check and (_sent_dense(min(rank, rows, cols), rows, cols, w.dim(), elem) if rank is not None
-                            else _surely_dense(m, energy, w.dim(), elem)):
+                            else _surely_dense(m, energy, w.dim(), elem, name, reference, w.shape)):
             p.tensors[name] = w.to(dtype)
             continue
         u, s, vh = torch.linalg.svd(m, full_matrices=False)

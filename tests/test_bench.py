@@ -35,9 +35,10 @@ def test_benchmark_prints_every_row():
     assert [c[1] for c in rows["5"]] == ["fedavg", "fedmic"]
     svd_s = float(rows["5"][1][4])
     assert svd_s > 0, "FedMIC's SVD codec time was not measured"
-    # row 6: both methods at both client counts, the larger one with 6 clients x ~91 images
-    assert [(c[1], c[2].split(" x ")[0]) for c in rows["6"]] == [("fedavg", "3"), ("fedavg", "6"),
-                                                                  ("fedmic", "3"), ("fedmic", "6")]
+    # row 6: the bare loop and both methods at both client counts, the larger one with 6 clients x ~91 images
+    assert [(c[1], c[2].split(" x ")[0]) for c in rows["6"]] == [("limit", "3"), ("limit", "6"), ("fedavg", "3"),
+                                                                  ("fedavg", "6"), ("fedmic", "3"), ("fedmic", "6")]
+    assert "memory format channels_last" in text  # auto on CPU
     # row 7: every PyTorch option timed on the bare loop, vmap over the 3 clients
     assert [c[1] for c in rows["7"]] == ["eager, 1 thread", "channels_last", "torch.compile",
                                          "torch.func vmap over 3 clients"], text
@@ -85,6 +86,93 @@ def test_dense_precheck_skips_svds_and_keeps_payloads_identical(monkeypatch):
     # both kinds of outcome occur next to the threshold, so the test exercises both paths
     assert {"low_rank", "zero", f"share_{energy + 2e-4:.4f}"} <= set(energy_payload.meta)
     assert {"near_full_rank", f"share_{energy - 2e-3:.4f}", f"share_{energy - 2e-4:.4f}"} <= set(energy_payload.tensors)
+
+
+def test_reference_proves_uploads_dense_without_their_eigendecomposition(monkeypatch):
+    """With the broadcast as reference, svd_encode must give the payload the SVD path gives,
+    also when the upload has crossed the threshold the reference is below, and it must skip
+    the upload's own Gram eigendecomposition when the upload is close to the reference."""
+    from fedmic import comm
+
+    g = torch.Generator().manual_seed(1)
+    rows, cols, energy = 96, 160, 0.95
+    k_dense = next(k for k in range(rows + 1) if k * (rows + cols + 1) * 4 + 4 * 3 >= rows * cols * 4)
+    u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=g, dtype=torch.float64))
+
+    def share_matrix(share):  # same singular vectors, best rank k_dense-1 holds `share` of the energy
+        s = torch.empty(rows, dtype=torch.float64)
+        s[:k_dense - 1] = (share / (k_dense - 1)) ** 0.5
+        s[k_dense - 1:] = ((1 - share) / (rows - k_dense + 1)) ** 0.5
+        return ((u * s) @ v[:, :rows].T).float()
+
+    ref_w = share_matrix(energy - 0.05)
+    reference = comm.SpectralReference({"w": ref_w, "b": torch.zeros(rows)})
+    uploads = {
+        "close": ref_w + 1e-4 * torch.randn(rows, cols, generator=g),
+        "far": ref_w + 0.2 * torch.randn(rows, cols, generator=g),
+        "crossed, just above": share_matrix(energy + 2e-4),
+        "crossed, just below the margin": share_matrix(energy - 2e-4),
+        "low rank": torch.randn(rows, 3, generator=g) @ torch.randn(3, cols, generator=g),
+        "zero": torch.zeros(rows, cols),
+    }
+    calls = []
+    eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(comm.torch.linalg, "eigvalsh", lambda *a, **k: calls.append(1) or eigvalsh(*a, **k))
+    outcome = {}
+    for name, w in uploads.items():
+        calls.clear()
+        fast = comm.svd_encode({"w": w}, energy, reference=reference)
+        outcome[name] = (bool(fast.meta), len(calls))
+        slow = comm.svd_encode({"w": w}, energy, dense_check=False)
+        assert fast.meta == slow.meta and fast.tensors.keys() == slow.tensors.keys(), name
+        assert all(torch.equal(fast.tensors[k], slow.tensors[k]) for k in slow.tensors), name
+    # the reference's own spectrum is computed once (first upload), then reused
+    assert outcome["close"] == (False, 1)
+    assert outcome["far"] == (False, 1)  # the bound cannot prove it: the upload's own spectrum decides
+    assert outcome["crossed, just above"][0] and outcome["low rank"][0]
+    assert not outcome["crossed, just below the margin"][0]
+    assert outcome["zero"][0]  # the explicit rank-0 record
+    # a reference whose share is well above the threshold: a close upload goes straight to the SVD
+    high = share_matrix(energy + 0.04)
+    calls.clear()
+    up = {"w": high + 1e-4 * torch.randn(rows, cols, generator=g)}
+    fast = comm.svd_encode(up, energy, reference=comm.SpectralReference({"w": high}))
+    assert fast.meta and len(calls) == 1  # the reference's spectrum only
+    slow = comm.svd_encode(up, energy, dense_check=False)
+    assert fast.meta == slow.meta and all(torch.equal(fast.tensors[k], slow.tensors[k]) for k in slow.tensors)
+    # a reference of another shape (or a missing one) is ignored, not misused
+    calls.clear()
+    other = comm.SpectralReference({"w": torch.randn(rows, cols + 1, generator=g)})
+    assert not comm.svd_encode({"w": uploads["close"]}, energy, reference=other).meta
+    assert len(calls) == 1
+
+
+def test_fedmic_encodes_uploads_against_the_broadcast_they_left(monkeypatch):
+    """FedMIC's `decompose: params` uploads use the broadcast as the codec's reference; `delta`
+    uploads (small matrices around zero) do not."""
+    from fedmic import comm
+    from fedmic.algorithms.base import Context
+    from fedmic.algorithms.fedmic import FedMIC
+
+    seen = []
+    encode = comm.svd_encode
+    monkeypatch.setattr("fedmic.algorithms.fedmic.svd_encode",
+                        lambda *a, reference=None, **k: seen.append(reference) or encode(*a, reference=reference, **k))
+    for decompose in ("params", "delta"):
+        ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"),
+                      rounds=2, local_epochs=1, batch_size=8, lr=0.01, momentum=0.0, weight_decay=0.0,
+                      transport_dtype=torch.float32, hp={"decompose": decompose})
+        algo = FedMIC(ctx)
+        server = algo.init_server()
+        seen.clear()
+        up = algo.encode(algo._broadcast_state(server["down"]), 1, near=server["down"])
+        ref = seen[-1]
+        if decompose == "params":
+            assert ref is not None and ref.state is algo._broadcast_state(server["down"])
+            assert "encoder.fc.weight" not in comm.kept_ranks(up)  # a full-rank init is sent dense
+        else:
+            assert ref is None
 
 
 @pytest.mark.parametrize("values, finite", [

@@ -59,6 +59,7 @@ def train_argv(tmp_path, config: dict, *sets: str, partition: str = "p.json") ->
     ({"lr": "1e-3"}, r"lr must be a number, got '1e-3' \(str\) \(YAML reads 1e-3 as a string: write 1.0e-3\)"),
     ({"clients": 4.5}, r"clients must be of type int, got 4.5"),
     ({"rounds": True}, r"rounds must be of type int, got True \(bool\)"),
+    ({"memory_format": "nhwc"}, r"memory_format must be auto, channels_last or contiguous, got 'nhwc'"),
 ])
 def test_run_config_rejects(kw, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -219,6 +219,28 @@ def test_same_seed_same_bytes_other_seed_differs(part, tmp_path, method):
     assert json.loads(c)["history"] != json.loads(a)["history"]
 
 
+@pytest.mark.parametrize("method", ["fedavg", "fedmic"])
+def test_memory_format_is_a_storage_choice_not_a_method_change(part, tmp_path, method):
+    """channels_last (auto's choice on CPU) stores every model's weights NHWC; contiguous does
+    not. Both train the same method: the same losses and accuracies up to float rounding, the
+    same science config, and each run records the format it used."""
+    runs = {}
+    for fmt in ("channels_last", "contiguous"):
+        sim = Simulation(cfg(method=method, memory_format=fmt), part, DATA)
+        conv = sim.algo.worker.encoder.conv2.weight  # conv1 has 1 input channel: both formats at once
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+        out = tmp_path / f"{fmt}.json"
+        sim.run(out)
+        assert json.loads(engine.timing_path(out).read_text())["env"]["memory_format"] == fmt
+        runs[fmt] = json.loads(out.read_text())
+        assert runs[fmt]["env"]["memory_format"] == fmt
+    assert runs["channels_last"]["config"] == runs["contiguous"]["config"]
+    for a, b in zip(runs["channels_last"]["history"], runs["contiguous"]["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["eval"]["personal"]["test"]["acc"] == pytest.approx(b["eval"]["personal"]["test"]["acc"], abs=0.02)
+    assert Simulation(cfg(method=method), part, DATA).ctx.memory_format == torch.channels_last  # auto on CPU
+
+
 def test_partition_step_is_deterministic_and_method_free(tmp_path, capsys):
     args = ["partition", "--dataset", FLAG, "--root", str(DATA), "--lam", "0.3", "--clients", "5"]
     assert cli_main(args + ["--out", str(tmp_path / "p1.json")]) == 0

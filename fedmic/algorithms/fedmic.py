@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..comm import (Payload, apply_delta, dense_payload, energy_schedule, kept_ranks, state_delta, svd_decode,
-                     svd_encode, unpack_dense)
+from ..comm import (Payload, SpectralReference, apply_delta, dense_payload, energy_schedule, kept_ranks,
+                     state_delta, svd_decode, svd_encode, unpack_dense)
 from ..distill import DistillSwitches, dual_kd_losses
 from .base import Algorithm, clone_state, weighted_average
 
@@ -54,21 +54,30 @@ class FedMIC(Algorithm):
     def energy(self, rnd: int) -> float:
         return energy_schedule(rnd, self.ctx.rounds, self.hp["energy_start"], self.hp["energy_end"])
 
-    def encode(self, state: dict, rnd: int) -> Payload:
+    def encode(self, state: dict, rnd: int, near: Payload | None = None) -> Payload:
+        """`near`: the broadcast `state` was trained from. Parameters stay close to it, which
+        lets the codec prove most matrices dense without their own eigendecomposition."""
         if not self.hp["gpd"]:
             return dense_payload(state, self.ctx.transport_dtype)
-        return svd_encode(state, self.energy(rnd), self.ctx.transport_dtype, rank=self.hp["fixed_rank"])
+        reference = self._rebuild(near)[1] if near is not None and self.hp["decompose"] == "params" else None
+        return svd_encode(state, self.energy(rnd), self.ctx.transport_dtype, rank=self.hp["fixed_rank"],
+                          reference=reference)
 
     def decode(self, p: Payload) -> dict:
         return svd_decode(p) if self.hp["gpd"] else unpack_dense(p)
 
-    def _broadcast_state(self, down: Payload) -> dict:
-        """The global student rebuilt from a broadcast, once per broadcast rather than once per
-        client: every sampled client receives the same payload (and nothing mutates it)."""
+    def _rebuild(self, down: Payload) -> tuple[dict, SpectralReference]:
+        """The global student rebuilt from a broadcast (and its codec reference), once per
+        broadcast rather than once per client: every sampled client receives the same payload
+        (and nothing mutates it)."""
         cached = getattr(self, "_rebuilt", None)
         if cached is None or cached[0] is not down:
-            self._rebuilt = (down, self.decode(down))
-        return self._rebuilt[1]
+            state = self.decode(down)
+            self._rebuilt = (down, state, SpectralReference(state))
+        return self._rebuilt[1:]
+
+    def _broadcast_state(self, down: Payload) -> dict:
+        return self._rebuild(down)[0]
 
     # --- server ------------------------------------------------------------------------
     def init_server(self):
@@ -86,7 +95,7 @@ class FedMIC(Algorithm):
             avg = apply_delta(server["global"], avg)
         # The next round's broadcast uses the next round's energy; what clients rebuild from it
         # is the global student, also the one scored as the global model.
-        down = self.encode(avg, min(rnd + 1, self.ctx.rounds))
+        down = self.encode(avg, min(rnd + 1, self.ctx.rounds), near=server["down"])
         return {"global": self._broadcast_state(down), "down": down}
 
     # --- client ------------------------------------------------------------------------
@@ -125,7 +134,7 @@ class FedMIC(Algorithm):
         sent = clone_state(self.student)
         if start is not None:
             sent = state_delta(sent, start)
-        upload = self.encode(sent, rnd)
+        upload = self.encode(sent, rnd, near=received)
         loss_teacher, loss_student = means.tolist()
         return new_state, upload, {"loss": loss_student, "loss_teacher": loss_teacher, "ranks": kept_ranks(upload)}
 
