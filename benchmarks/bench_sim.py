@@ -47,7 +47,7 @@ from fedmic.algorithms import fedmic as fedmic_module  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data.medmnist import load_dataset  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
-from fedmic.engine import Simulation, sample_clients  # noqa: E402
+from fedmic.engine import Simulation, memory_format_name, sample_clients  # noqa: E402
 from fedmic.utils import derive_seed  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared/data/medmnist"
@@ -411,8 +411,7 @@ def run(args) -> dict:
     med = {k: median(v) for k, v in t.items()}
     for k, v in t_scale.items():
         med[f"{k[0]}_{k[1]}"] = median(v)
-    fmt = "channels_last" if fedavg.ctx.memory_format == torch.channels_last else "contiguous"
-    return {"t": t, "t_scale": t_scale, "median": med, "memory_format": fmt, "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl, "options": opts,
+    return {"t": t, "t_scale": t_scale, "median": med, "memory_format": memory_format_name(fedavg.ctx.memory_format), "images": n_img, "sizes": sizes, "profile": profile, "ablate": abl, "options": opts,
             "load": (load_before, os.getloadavg()[0])}
 
 

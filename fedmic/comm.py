@@ -75,6 +75,12 @@ def _sent_dense(k: int, rows: int, cols: int, ndim: int, elem: int) -> bool:
     return k * (rows + cols + 1) * elem + META_INT_BYTES * (ndim + 1) >= rows * cols * elem
 
 
+def _squared_singular_values(m: torch.Tensor) -> torch.Tensor:
+    """sigma_i^2 of m, descending, from the eigenvalues of its smaller float64 Gram matrix."""
+    a = m.double()
+    return torch.linalg.eigvalsh(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a).flip(0).clamp_min(0)
+
+
 class SpectralReference:
     """A state that uploads stay close to (the broadcast they were trained from). For each of
     its matrices it keeps sqrt of the energy of the best rank p (the Ky Fan (p, 2) norm),
@@ -85,23 +91,23 @@ class SpectralReference:
         self.state = state
         self._root: dict[tuple[str, int], tuple[torch.Tensor, float, float]] = {}
 
-    def top_root(self, name: str, shape: torch.Size, p: int) -> tuple[torch.Tensor, float, float] | None:
-        """(the reference as a float32 matrix, sqrt of its top-p energy, its top-p energy
-        share), or None when the reference has no such matrix."""
+    def top_root(self, name: str, rows: int, cols: int, p: int) -> tuple[torch.Tensor, float, float] | None:
+        """(the reference as a float32 rows x cols matrix, sqrt of its top-p energy, its top-p
+        energy share), or None when the reference has no such matrix."""
         if (name, p) not in self._root:
             ref = self.state.get(name)
-            if ref is None or ref.shape != shape or not ref.is_floating_point():
+            if ref is None or not ref.is_floating_point() or ref.dim() < 2 or ref.shape[0] != rows \
+                    or ref.numel() != rows * cols:
                 return None
-            r = ref.detach().reshape(shape[0], -1).float()
-            a = r.double()
-            lam = torch.linalg.eigvalsh(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a).flip(0).clamp_min(0)
+            r = ref.detach().reshape(rows, cols).float()
+            lam = _squared_singular_values(r)
             top, total = float(lam[:p].sum()), float(lam.sum())
             self._root[(name, p)] = (r, top ** 0.5, top / total if total > 0 else 0.0)
         return self._root[(name, p)]
 
 
 def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: str = "",
-                  reference: SpectralReference | None = None, shape: torch.Size | None = None) -> bool:
+                  reference: SpectralReference | None = None) -> bool:
     """True when the energy rule is certain to keep a rank at which `m` is sent dense, so its
     SVD would be thrown away; when unsure, the SVD decides. It never disagrees with the SVD's
     decision: the energy share of the best rank below the dense threshold must be below
@@ -125,7 +131,7 @@ def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: st
         return False
     if k_dense <= 1:
         return True
-    ref = reference.top_root(name, shape, k_dense - 1) if reference is not None else None
+    ref = reference.top_root(name, rows, cols, k_dense - 1) if reference is not None else None
     if ref is not None:
         r, root, share = ref
         # 1e-6: float32 rounding of m - r (2^-24 of each element) and the float64 sums, far
@@ -135,8 +141,7 @@ def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: st
             return True
         if share >= energy:
             return False
-    a = m.double()
-    lam = torch.linalg.eigvalsh(a @ a.T if rows <= cols else a.T @ a).flip(0).clamp_min(0)
+    lam = _squared_singular_values(m)
     return float(lam[:k_dense - 1].sum()) < (energy - DENSE_CHECK_MARGIN) * float(lam.sum())
 
 
@@ -161,7 +166,7 @@ def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtyp
         rows, cols = m.shape
         elem = torch.empty((), dtype=dtype).element_size()
         if dense_check and (_sent_dense(min(rank, rows, cols), rows, cols, w.dim(), elem) if rank is not None
-                            else _surely_dense(m, energy, w.dim(), elem, name, reference, w.shape)):
+                            else _surely_dense(m, energy, w.dim(), elem, name, reference)):
             p.tensors[name] = w.to(dtype)
             continue
         u, s, vh = torch.linalg.svd(m, full_matrices=False)

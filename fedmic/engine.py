@@ -48,10 +48,14 @@ def resolve_memory_format(name: str, device: torch.device) -> torch.memory_forma
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
+def memory_format_name(memory_format: torch.memory_format) -> str:
+    return "channels_last" if memory_format == torch.channels_last else "contiguous"
+
+
 def environment(device: torch.device, threads: int, memory_format: torch.memory_format) -> dict:
     env = {"device": device.type, "torch": torch.__version__, "cuda": torch.version.cuda,
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-           "memory_format": "channels_last" if memory_format == torch.channels_last else "contiguous",
+           "memory_format": memory_format_name(memory_format),
            "threads": threads, "python": platform.python_version(), "fedmic": __version__}
     return env
 

@@ -45,6 +45,19 @@ def test_benchmark_prints_every_row():
     assert all(float(c[4]) > 0 for c in rows["7"]), rows["7"]
 
 
+def _dense_rank(rows, cols):
+    """Smallest rank at which float32 factors plus metadata are no smaller than the matrix."""
+    return next(k for k in range(rows + 1) if k * (rows + cols + 1) * 4 + 4 * 3 >= rows * cols * 4)
+
+
+def _share_spectrum(rows, k_dense, share):
+    """Singular values whose best rank k_dense-1 holds `share` of the energy."""
+    s = torch.empty(rows, dtype=torch.float64)
+    s[:k_dense - 1] = (share / (k_dense - 1)) ** 0.5
+    s[k_dense - 1:] = ((1 - share) / (rows - k_dense + 1)) ** 0.5
+    return s
+
+
 def _with_spectrum(rows, cols, s, g):
     u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=g, dtype=torch.float64))
@@ -58,17 +71,14 @@ def test_dense_precheck_skips_svds_and_keeps_payloads_identical(monkeypatch):
 
     g = torch.Generator().manual_seed(0)
     rows, cols, energy = 96, 160, 0.95
-    k_dense = next(k for k in range(rows + 1) if k * (rows + cols + 1) * 4 + 4 * 3 >= rows * cols * 4)
+    k_dense = _dense_rank(rows, cols)
     state = {"near_full_rank": torch.randn(rows, cols, generator=g),
              "conv": torch.randn(16, 8, 3, 3, generator=g),
              "low_rank": torch.randn(rows, 4, generator=g) @ torch.randn(4, cols, generator=g),
              "zero": torch.zeros(rows, cols), "bias": torch.randn(rows, generator=g)}
     # energy share of the best rank k_dense-1 just below, inside and above the check's margin
     for share in (energy - 2e-3, energy - 2e-4, energy + 2e-4, energy + 0.03):
-        s = torch.empty(rows, dtype=torch.float64)
-        s[:k_dense - 1] = (share / (k_dense - 1)) ** 0.5
-        s[k_dense - 1:] = ((1 - share) / (rows - k_dense + 1)) ** 0.5
-        state[f"share_{share:.4f}"] = _with_spectrum(rows, cols, s, g)
+        state[f"share_{share:.4f}"] = _with_spectrum(rows, cols, _share_spectrum(rows, k_dense, share), g)
 
     calls = []
     svd = torch.linalg.svd
@@ -96,15 +106,12 @@ def test_reference_proves_uploads_dense_without_their_eigendecomposition(monkeyp
 
     g = torch.Generator().manual_seed(1)
     rows, cols, energy = 96, 160, 0.95
-    k_dense = next(k for k in range(rows + 1) if k * (rows + cols + 1) * 4 + 4 * 3 >= rows * cols * 4)
+    k_dense = _dense_rank(rows, cols)
     u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=g, dtype=torch.float64))
 
-    def share_matrix(share):  # same singular vectors, best rank k_dense-1 holds `share` of the energy
-        s = torch.empty(rows, dtype=torch.float64)
-        s[:k_dense - 1] = (share / (k_dense - 1)) ** 0.5
-        s[k_dense - 1:] = ((1 - share) / (rows - k_dense + 1)) ** 0.5
-        return ((u * s) @ v[:, :rows].T).float()
+    def share_matrix(share):  # the same singular vectors for every share
+        return ((u * _share_spectrum(rows, k_dense, share)) @ v[:, :rows].T).float()
 
     ref_w = share_matrix(energy - 0.05)
     reference = comm.SpectralReference({"w": ref_w, "b": torch.zeros(rows)})
