@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedmic.algorithms import fedmic as fedmic_module  # noqa: E402
+from fedmic import gpd as gpd_module  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data.medmnist import load_dataset  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
@@ -102,16 +102,16 @@ class SVDClock:
 
     def __init__(self, device: torch.device):
         self.device, self.total = device, 0.0
-        self._orig = {n: getattr(fedmic_module, n) for n in ("svd_encode", "svd_decode")}
+        self._orig = {n: getattr(gpd_module, n) for n in ("svd_encode", "svd_decode")}
 
     def __enter__(self):
         for name, fn in self._orig.items():
-            setattr(fedmic_module, name, self._wrap(fn))
+            setattr(gpd_module, name, self._wrap(fn))
         return self
 
     def __exit__(self, *exc):
         for name, fn in self._orig.items():
-            setattr(fedmic_module, name, fn)
+            setattr(gpd_module, name, fn)
 
     def _wrap(self, fn):
         def run(*a, **k):
@@ -244,16 +244,15 @@ def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> s
 
 def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
     """FedMIC rounds as shipped; with the SVD codec's dense pre-check but no reference (an
-    eigendecomposition per uploaded matrix); without the pre-check (an SVD per uploaded
-    matrix); and without decoding each broadcast once per round (the old once-per-client decoding)."""
-    orig_encode, algo = fedmic_module.svd_encode, sim.algo
+    eigendecomposition per uploaded matrix; matters for `decompose: params` only); without the
+    pre-check (an SVD per uploaded matrix)."""
+    orig_encode = gpd_module.svd_encode
     variants = {
         "as shipped": lambda: None,
         "no reference (eigendecomposition of every matrix)":
-            lambda: setattr(fedmic_module, "svd_encode", lambda *a, reference=None, **k: orig_encode(*a, **k)),
+            lambda: setattr(gpd_module, "svd_encode", lambda *a, reference=None, **k: orig_encode(*a, **k)),
         "no dense pre-check (SVD of every matrix)":
-            lambda: setattr(fedmic_module, "svd_encode", functools.partial(orig_encode, dense_check=False)),
-        "broadcast decoded per client": lambda: setattr(algo, "_broadcast_state", algo.decode),
+            lambda: setattr(gpd_module, "svd_encode", functools.partial(orig_encode, dense_check=False)),
     }
     out = {k: [] for k in variants}
     rnd = first_round
@@ -262,12 +261,10 @@ def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device
             for name, switch in variants.items():
                 switch()
                 out[name].append(timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device))
-                fedmic_module.svd_encode = orig_encode
-                algo.__dict__.pop("_broadcast_state", None)
+                gpd_module.svd_encode = orig_encode
             rnd += 1
     finally:
-        fedmic_module.svd_encode = orig_encode
-        algo.__dict__.pop("_broadcast_state", None)
+        gpd_module.svd_encode = orig_encode
     return out
 
 

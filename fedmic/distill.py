@@ -16,7 +16,7 @@ import torch.nn.functional as F
 class DistillSwitches:
     rep: bool = True        # representation-level distillation
     dec: bool = True        # decision-level distillation
-    adaptive: bool = True   # divide distillation terms by (CE_T + CE_S), detached (FedKD)
+    adaptive: bool = True   # divide distillation terms by (CE_T + CE_S), detached and capped (FedKD)
 
 
 def decision_kd(z_learner: torch.Tensor, z_source: torch.Tensor, tau: float) -> torch.Tensor:
@@ -34,12 +34,20 @@ def _identity(r: torch.Tensor) -> torch.Tensor:
     return r
 
 
+def adaptive_weight(ce_t: torch.Tensor, ce_s: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """FedKD's adaptive weight 1 / (CE_T + CE_S), detached, capped at `max_weight`. Without the
+    cap it grows without bound as both models fit the batch (a one-class client reaches CE ~ 1e-6
+    within a few steps, and the distillation terms then scale by ~1e6)."""
+    return 1.0 / (ce_t + ce_s).detach().clamp_min(1.0 / max_weight)
+
+
 def dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, alpha: float, beta: float, tau: float,
-                   sw: DistillSwitches) -> dict[str, torch.Tensor]:
+                   sw: DistillSwitches, max_weight: float = 10.0) -> dict[str, torch.Tensor]:
     """All terms of the teacher and student losses. `a_ts` maps student representations into
     the teacher's space, `a_st` the reverse (callables; identity when auxiliary matrices are off).
     `a_st=None`: one shared projection (FedKD): both directions compare in the teacher's space,
-    the student's term being MSE(a_ts(r_s), r_t) with r_t detached."""
+    the student's term being MSE(a_ts(r_s), r_t) with r_t detached. `weight` is returned too
+    (the adaptive weight, or 1), so callers and tests can see it."""
     ce_t = F.cross_entropy(z_t, y)
     ce_s = F.cross_entropy(z_s, y)
     zero = z_t.new_zeros(())
@@ -50,8 +58,8 @@ def dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, alpha: float, beta: float,
         rep_s = representation_kd(a_ts(r_s), r_t, _identity) if sw.rep else zero
     else:
         rep_s = representation_kd(r_s, r_t, a_st) if sw.rep else zero
-    weight = 1.0 / (ce_t + ce_s).detach().clamp_min(1e-8) if sw.adaptive else 1.0
+    weight = adaptive_weight(ce_t, ce_s, max_weight) if sw.adaptive else 1.0
     teacher = ce_t + weight * (alpha * dec_t + beta * rep_t)
     student = ce_s + weight * (alpha * dec_s + beta * rep_s)
-    return {"teacher": teacher, "student": student, "ce_t": ce_t, "ce_s": ce_s,
+    return {"teacher": teacher, "student": student, "ce_t": ce_t, "ce_s": ce_s, "weight": weight,
             "dec_t": dec_t, "dec_s": dec_s, "rep_t": rep_t, "rep_s": rep_s}

@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .algorithms import ClientData, Context, get_algorithm
+from .algorithms.base import Upload
 from .comm import NonFiniteError, all_finite, kept_ranks
 from .config import RunConfig
-from .metrics import majority_floors, personalised_summary, scores
+from .metrics import floors, personalised_summary, scores
 from .utils import atomic_open, derive_seed, dump_json
 
 log = logging.getLogger("fedmic.engine")
@@ -135,14 +136,15 @@ class Simulation:
         self.clients = []
         for cid in range(cfg.clients):
             torch.manual_seed(derive_seed(cfg.seed, "init", cid))
-            self.clients.append(self.algo.init_client(cid, self.server))
+            self.clients.append(self.algo.init_client(cid))
         self.history: list[dict] = []
         self.timing: list[dict] = []
         self.start_round = 1
         ylab = {s: split[s][1].numpy() for s in ("train", "test")}
-        self.floors = majority_floors([ylab["train"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["train"]],
-                                      [ylab["test"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["test"]],
-                                      self.n_classes)
+        self.n_test = [len(i) for i in self.part.indices["test"]]
+        self.floors = floors([ylab["train"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["train"]],
+                             [ylab["test"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["test"]],
+                             self.n_classes)
 
     # --- checkpoints -------------------------------------------------------------------
     def checkpoint_path(self, out: Path) -> Path:
@@ -180,9 +182,10 @@ class Simulation:
         if glob is not None:
             res["global"] = {s: scores(self.y[s].cpu().numpy(), glob[s]) for s in ("val", "test")}
         personal = {"val": [], "test": []}
+        shared = algo.eval_broadcast(self.server) if algo.personalised else None
         for cid in range(self.cfg.clients):
             if algo.personalised:
-                m = algo.personal_model(cid, self.clients[cid], self.server)
+                m = algo.personal_model(cid, self.clients[cid], shared)
             for s in ("val", "test"):
                 idx = self.idx[s][cid]
                 y = self.y[s][idx].cpu().numpy()
@@ -197,8 +200,7 @@ class Simulation:
     # --- the loop ----------------------------------------------------------------------
     def local_round(self, rnd: int, sampled: list[int], dropped: set[int]) -> dict:
         cfg, algo = self.cfg, self.algo
-        down = algo.broadcast(self.server, rnd)
-        uploads, up_bytes, losses, skipped, ranks = [], {}, [], [], {}
+        uploads, up_bytes, down_bytes, losses, skipped, ranks = [], {}, {}, [], [], {}
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
         for cid in sampled:
             gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
@@ -206,6 +208,8 @@ class Simulation:
             # client) too, so a resumed run needs no saved generator state.
             torch.manual_seed(derive_seed(cfg.seed, "torch", rnd, cid))
             problem = None
+            down = algo.downlink(self.server, rnd, cid)
+            down_bytes[cid] = down.nbytes
             try:
                 with amp:
                     state, up, info = algo.local_update(cid, self.clients[cid], down, self.train[cid], rnd, gen)
@@ -229,14 +233,14 @@ class Simulation:
             for layer, k in info.get("ranks", {}).items():
                 ranks.setdefault(layer, []).append(k)
             if cid not in dropped:
-                uploads.append((up, self.n_train[cid] if cfg.weighting == "samples" else 1.0))
+                uploads.append(Upload(cid, up, self.n_train[cid] if cfg.weighting == "samples" else 1.0))
         if uploads:  # an all-dropped round keeps the previous global model
             torch.manual_seed(derive_seed(cfg.seed, "torch", rnd, "server"))
             self.server = algo.aggregate(self.server, uploads, rnd)
         return {"round": rnd, "sampled": sampled, "dropped": sorted(dropped), "skipped": skipped,
                 "aggregated": len(uploads),
                 "uplink_bytes": [up_bytes.get(c, 0) for c in sampled],
-                "downlink_bytes": [down.nbytes] * len(sampled),
+                "downlink_bytes": [down_bytes[c] for c in sampled],
                 "train_loss": float(np.mean(losses)) if losses else None,
                 "upload_ranks": {k: float(np.mean(v)) for k, v in sorted(ranks.items())},
                 "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd))}
@@ -276,12 +280,13 @@ class Simulation:
     def result(self) -> dict:
         cfg = self.cfg
         return {
-            "format": "fedmic-run/1",
+            "format": "fedmic-run/2",
             "config": cfg.science(),
             "env": environment(self.device, torch.get_num_threads(), self.ctx.memory_format),
             "partition": {"file": self.partition_path.name, "redraws": self.part.redraws},
             "floors": self.floors,
             "n_train": self.n_train,
+            "n_test": self.n_test,
             "history": self.history,
             "summary": summarise(self.history, cfg.last_k),
             "params": self.param_counts(),
@@ -293,7 +298,8 @@ class Simulation:
         shared = self.server.get("global", {}) if isinstance(self.server, dict) else {}
         out = {"shared": sum(v.numel() for v in shared.values() if torch.is_tensor(v) and v.is_floating_point())}
         if self.algo.personalised:
-            out["personal"] = sum(p.numel() for p in self.algo.personal_model(0, self.clients[0], self.server).parameters())
+            model = self.algo.personal_model(0, self.clients[0], self.algo.eval_broadcast(self.server))
+            out["personal"] = sum(p.numel() for p in model.parameters())
         return out
 
 
@@ -320,7 +326,7 @@ def summarise(history: list[dict], last_k: int) -> dict:
            "uplink_total": int(sum(up)), "downlink_total": int(sum(down)),
            "dropped_total": sum(len(h["dropped"]) for h in history),
            "skipped_total": sum(len(h["skipped"]) for h in history)}
-    keys = ("acc", "auc", "f1", "acc_mean", "acc_std", "acc_worst_decile", "auc_client_mean")
+    keys = ("acc", "auc", "f1", "acc_mean", "acc_std", "acc_worst_decile", "auc_mean", "auc_pooled", "auc_clients")
     for who in ("personal", "global"):
         rows = [e["eval"] for e in evals if _pick(e["eval"], who, "test")]
         if not rows:
@@ -328,6 +334,11 @@ def summarise(history: list[dict], last_k: int) -> dict:
         tail = rows[-last_k:]
         test_keys = [k for k in keys if k in rows[0][who]["test"]]
         out[who] = {k: _nanmean([r[who]["test"][k] for r in tail]) for k in test_keys}
+        if who == "personal":  # per client, over the same rounds: what paired tests compare
+            out["personal_per_client"] = {
+                m: [None if math.isnan(v) else v for v in
+                    (_nanmean(vals) for vals in zip(*[r[who]["test"][f"per_client_{m}"] for r in tail]))]
+                for m in ("acc", "auc", "f1")}
         vals = [r[who]["val"]["acc"] for r in rows]
         vals = [v if v is not None and math.isfinite(v) else -1.0 for v in vals]
         best = int(np.argmax(vals))  # first round reaching the best validation accuracy

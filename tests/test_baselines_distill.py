@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pathlib import Path
 
 from fedmic.algorithms import ClientData, Context, get_algorithm
-from fedmic.algorithms.base import clone_state
+from fedmic.algorithms.base import Upload, clone_state
 from fedmic.algorithms.moon import model_contrastive_loss
 from fedmic.comm import Payload, apply_delta, state_delta, svd_decode
 from fedmic.distill import DistillSwitches, dual_kd_losses
@@ -98,7 +98,7 @@ def test_ditto_personal_model_is_pulled_towards_the_global(small):
         new, _, _ = algo.local_update(0, state, algo.broadcast(server, 1), one_batch, 1, gen())
         w = server["global"]
         distances[lam] = dist({k: new["personal"][k] for k in w}, w)
-        assert algo.personal_model(0, new, server).state_dict()["head.weight"].equal(new["personal"]["head.weight"])
+        assert algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict()["head.weight"].equal(new["personal"]["head.weight"])
     # lr * lam = 0.25 per step over 4 steps: the prox term alone shrinks the gap to 0.75^4 ~ 0.32 of it.
     assert distances[5.0] < 0.5 * distances[0.0]
 
@@ -106,14 +106,15 @@ def test_ditto_personal_model_is_pulled_towards_the_global(small):
 def test_ditto_uploads_the_global_model_only(small):
     algo = make("ditto")
     server = algo.init_server()
-    state = algo.init_client(0, server)
+    state = algo.init_client(0)
     new, up, _ = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     assert up.meta == {} and set(up.tensors) == set(algo.worker.state_dict())
     assert up.nbytes == dense_bytes(algo.worker)
     # The global half is FedAvg's update on the same batches; the personal model is not sent.
     assert same(up.tensors, fedavg_upload(small))
     assert not torch.equal(new["personal"]["head.weight"], up.tensors["head.weight"])
-    assert new is not state and same(state["personal"], server["global"])  # old state untouched
+    # old state untouched (it is w^0, the global model's start)
+    assert new is not state and same(state["personal"], {k: server["global"][k] for k in state["personal"]})
 
 
 # --- MOON ------------------------------------------------------------------------------------
@@ -141,11 +142,14 @@ def test_moon_contrast_needs_a_previous_model_that_differs(small):
     assert up1.nbytes == dense_bytes(algo.worker) and same(first["prev"], up1.tensors)
     # With the client's previous local model as negative, the update moves away from FedAvg's.
     torch.manual_seed(3)
-    _, up2, _ = algo.local_update(0, {"prev": clone_state(algo.ctx.make_model())}, down, small, 1, gen())
+    _, up2, _ = algo.local_update(0, {"prev": clone_state(algo._projected(algo.ctx.make_model()))}, down, small, 1,
+                                  gen())
     assert max(float((up2.tensors[k] - ref[k]).abs().max()) for k in ref) > 1e-4
 
 
 def test_moon_with_mu_zero_is_fedavg_bit_for_bit(partition, tmp_path):
+    """mu = 0: the same encoder and classifier, trained the same way; MOON only also sends its
+    (untrained) projection head."""
     from fedmic.config import RunConfig
     from fedmic.engine import Simulation
     runs = {}
@@ -155,8 +159,36 @@ def test_moon_with_mu_zero_is_fedavg_bit_for_bit(partition, tmp_path):
         sim = Simulation(cfg, partition, str(SHARED))
         res = sim.run(tmp_path / f"{method}.json")
         runs[method] = (res["history"], sim.server["global"])
-    assert runs["moon"][0] == runs["fedavg"][0]  # losses, bytes and every metric of every round
-    assert same(runs["moon"][1], runs["fedavg"][1])
+    head_bytes = sum(v.numel() * 4 for k, v in runs["moon"][1].items() if k.startswith("proj."))
+    for h_moon, h_avg in zip(runs["moon"][0], runs["fedavg"][0]):
+        for key in ("uplink_bytes", "downlink_bytes"):
+            assert h_moon.pop(key) == [b + head_bytes for b in h_avg.pop(key)]
+        assert h_moon == h_avg  # losses and every metric of every round
+    assert same({k: runs["moon"][1][k] for k in runs["fedavg"][1]}, runs["fedavg"][1])
+
+
+def test_moon_projection_head_is_in_the_loss_only(small):
+    algo = make("moon", mu=1.0)
+    server = algo.init_server()
+    assert {k for k in server["global"] if k.startswith("proj.")} == {"proj.0.weight", "proj.0.bias",
+                                                                      "proj.2.weight", "proj.2.bias"}
+    assert algo.worker.proj[2].out_features == 256
+    torch.manual_seed(3)
+    prev = clone_state(algo._projected(algo.ctx.make_model()))
+    new, up, _ = algo.local_update(0, {"prev": prev}, algo.broadcast(server, 1), small, 1, gen())
+    # the contrastive term trains the head...
+    assert not torch.equal(up.tensors["proj.2.weight"], server["global"]["proj.2.weight"])
+    # ...and compares projections, which (unlike post-ReLU representations, whose cosine is never
+    # below 0) can point away from the negative model's
+    algo.prev.load_state_dict(prev)
+    with torch.no_grad():
+        cos_z = F.cosine_similarity(algo.worker.project(small.x), algo.prev.project(small.x), dim=1)
+        cos_r = F.cosine_similarity(algo.worker.encoder(small.x), algo.prev.encoder(small.x), dim=1)
+    assert float(cos_z.min()) < 0 <= float(cos_r.min())
+    # ...but the scored model's logits do not depend on it
+    m = algo.global_model({"global": {**up.tensors, "proj.2.weight": torch.zeros_like(up.tensors["proj.2.weight"])}})
+    with torch.no_grad():
+        assert torch.equal(m(small.x), algo.worker.head(algo.worker.encoder(small.x)))
 
 
 # --- FML -------------------------------------------------------------------------------------
@@ -164,7 +196,7 @@ def test_fml_shared_model_is_fedavg_without_kl_and_uploads_dense(small):
     ref = fedavg_upload(small)
     algo = make("fml", alpha=1.0, beta=1.0)
     server = algo.init_server()
-    state = algo.init_client(0, server)
+    state = algo.init_client(0)
     _, up, _ = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     assert same(up.tensors, ref)  # the same batches, the same steps: FedAvg's update exactly
     assert up.meta == {} and up.nbytes == dense_bytes(algo.worker)
@@ -179,14 +211,14 @@ def test_fml_each_kl_term_reaches_only_its_learner(small):
     # must leave the local model exactly as training it alone would.
     algo = make("fml", alpha=1.0, beta=0.5)
     server = algo.init_server()
-    state = algo.init_client(0, server)
+    state = algo.init_client(0)
     new, _, info = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     alone = make("fedavg")
     alone.worker.load_state_dict(state["local"])
     alone.train_supervised(alone.worker, small, gen())
     assert same(new["local"], clone_state(alone.worker))
     assert math.isfinite(info["loss"]) and math.isfinite(info["loss_local"])
-    assert same(algo.personal_model(0, new, server).state_dict(), new["local"])
+    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["local"])
 
 
 # --- FedKD -----------------------------------------------------------------------------------
@@ -203,74 +235,81 @@ def test_fedkd_single_projection_serves_both_directions():
     assert r_t.grad is None and r_s.grad is not None and proj.weight.grad is not None
 
 
+def test_fedkd_mentor_is_larger_than_the_mentee():
+    algo = make("fedkd")
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(algo.mentor) > 3 * n(algo.mentee)
+    assert algo.proj_sp.weight.shape == (algo.mentor.rep_dim, algo.mentee.rep_dim) and algo.proj_ps is None
+    # the mentor is the CNN every other arm evaluates
+    assert n(algo.mentor) == n(make("fedavg").worker)
+
+
 def test_fedkd_uploads_a_factorised_update(small):
     algo = make("fedkd")
     server = algo.init_server()
-    state = algo.init_client(0, server)
-    new, up, info = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
+    state = algo.init_client(0)
+    new, up, info = algo.local_update(0, state, algo.downlink(server, 1, 0), small, 1, gen())
     delta = state_delta(clone_state(algo.mentee), server["global"])
     assert up.meta and info["ranks"]
-    assert up.nbytes < dense_bytes(algo.mentee)
+    assert up.nbytes < dense_bytes(algo.mentee) // 10
     rebuilt = svd_decode(up)
     for name in up.meta:  # each factorised layer keeps >= E_1 = 0.95 of its update's energy
         err = float((rebuilt[name] - delta[name]).pow(2).sum())
         assert err <= (1 - 0.95) * float(delta[name].pow(2).sum()) + 1e-12
     for name in set(delta) - set(up.meta):  # biases travel dense
         assert torch.allclose(rebuilt[name], delta[name], atol=1e-7)
-    assert same(algo.personal_model(0, new, server).state_dict(), new["mentor"])
+    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["mentor"])
 
 
-def test_fedkd_server_rebuilds_rank_k_updates_exactly(small):
+def test_fedkd_server_rebuilds_rank_k_updates_exactly():
     for energy in (1.0, 1 - 1e-9):
-        algo = make("fedkd", energy_start=energy, energy_end=energy, downlink="delta")
+        algo = make("fedkd", energy_start=energy, energy_end=energy)
         server = algo.init_server()
         shapes = {k: v.shape for k, v in server["global"].items()}
+        rows, cols = shapes["encoder.fc.weight"]
         torch.manual_seed(5)
         deltas, uploads = [], []
-        for w in (1.0, 2.0, 3.0):
+        for c, w in enumerate((1.0, 2.0, 3.0)):
             d = {k: torch.zeros(s) for k, s in shapes.items()}
-            d["encoder.fc.weight"] = torch.randn(512, 2) @ torch.randn(2, 1024)  # rank 2
+            d["encoder.fc.weight"] = torch.randn(rows, 2) @ torch.randn(2, cols)  # rank 2
             d["head.bias"] = torch.randn(2)
             deltas.append(d)
-            uploads.append((algo.encode(d, 1), w))
+            uploads.append(Upload(c, algo.channel.upload(apply_delta(server["global"], d), server["global"], 1), w))
         new = algo.aggregate(server, uploads, 1)
-        avg = {k: sum(w * d[k] for d, (_, w) in zip(deltas, uploads)) / 6.0 for k in shapes}
+        avg = {k: sum(u.weight * d[k] for d, u in zip(deltas, uploads)) / 6.0 for k in shapes}
         want = apply_delta(server["global"], avg)
         # Exact up to float32 round-off of the SVD (relative 1e-4 of the update's scale).
         scale = float(avg["encoder.fc.weight"].abs().max())
         assert max(float((new["global"][k] - want[k]).abs().max()) for k in want) <= 1e-4 * scale
         if energy < 1:  # kept rank <= 6 (three rank-2 updates): sent as factors, still exact
-            assert 0 < uploads[0][0].meta["encoder.fc.weight"][-1] <= 2
-            assert 0 < new["down"].meta["encoder.fc.weight"][-1] <= 6
-            assert new["down"].nbytes < dense_bytes(algo.mentee) // 10
+            assert 0 < uploads[0].payload.meta["encoder.fc.weight"][-1] <= 2
+            assert 0 < new["updates"][0].meta["encoder.fc.weight"][-1] <= 6
+            assert new["updates"][0].nbytes < dense_bytes(algo.mentee) // 10
 
 
-def test_fedkd_downlink_is_the_factorised_global_update(small, data):
-    algo = make("fedkd", rounds=3, downlink="delta")
-    server = algo.init_server()
+def test_fedkd_downlink_is_the_factorised_global_update_by_default(small, data):
     x, y = data.split("train")
     clients = [small, ClientData(x[64:128], y[64:128])]
-    states = [algo.init_client(c, server) for c in range(2)]
-    down = algo.broadcast(server, 1)
-    out = [algo.local_update(c, states[c], down, clients[c], 1, gen(c)) for c in range(2)]
-    states = [s for s, _, _ in out]
-    new = algo.aggregate(server, [(up, 64.0) for _, up, _ in out], 1)
-    down2 = algo.broadcast(new, 2)
-    assert down2.meta and down2.nbytes < dense_bytes(algo.mentee) // 10
-    assert all(torch.allclose(new["global"][k], v) for k, v in apply_delta(server["global"], svd_decode(down2)).items())
-    # A client rebuilds exactly the server's global mentee from its copy plus that update.
-    s2, _, _ = algo.local_update(0, states[0], down2, small, 2, gen())
-    assert same(s2["global"], new["global"])
-    # A client that missed round 1's broadcast cannot apply round 2's update.
-    with pytest.raises(ValueError, match="downlink"):
-        algo.local_update(1, algo.init_client(1, server), down2, small, 2, gen())
+    sizes = {}
+    for downlink in ("delta", "params"):
+        algo = make("fedkd", rounds=3, downlink=downlink)
+        server = algo.init_server()
+        out = [algo.local_update(c, algo.init_client(c), algo.downlink(server, 1, c), clients[c], 1, gen(c))
+               for c in range(2)]
+        server = algo.aggregate(server, [Upload(c, up, 64.0) for c, (_, up, _) in enumerate(out)], 1)
+        down2 = algo.downlink(server, 2, 0)
+        sizes[downlink] = down2.nbytes
+        s2, _, _ = algo.local_update(0, out[0][0], down2, small, 2, gen())
+        if downlink == "delta":  # the client rebuilds exactly the server's global mentee
+            assert same(s2["held"]["global"], server["global"])
+    assert sizes["delta"] < dense_bytes(make("fedkd").mentee) // 10 < sizes["params"]
 
 
 # --- FedProto --------------------------------------------------------------------------------
 def test_fedproto_uploads_class_prototypes_only(small):
     algo = make("fedproto")
     server = algo.init_server()
-    state = algo.init_client(0, server)
+    state = algo.init_client(0)
     assert algo.broadcast(server, 1).nbytes == 0  # no global prototypes before round 1
     new, up, _ = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     # No weight travels: prototypes, their class ids and counts, nothing else.
@@ -299,21 +338,21 @@ def test_fedproto_server_prototype_is_the_count_weighted_mean():
                     "counts": torch.tensor([3, 10], dtype=torch.int32)}),
            Payload({"protos": b, "classes": torch.tensor([0], dtype=torch.int32),
                     "counts": torch.tensor([1], dtype=torch.int32)})]
-    new = algo.aggregate(server, [(p, 99.0) for p in ups], 1)
+    new = algo.aggregate(server, [Upload(c, p, 99.0) for c, p in enumerate(ups)], 1)
     assert torch.allclose(new["protos"][0], (3 * a[0] + 1 * b[0]) / 4, atol=1e-6)
     assert torch.allclose(new["protos"][1], a[1], atol=1e-6)
     assert new["counts"].tolist() == [4, 10]
     down = algo.broadcast(new, 2)
     assert down.nbytes == 2 * d * 4 + 2 * 4
     # Class 1 absent from the next round's uploads: its global prototype stays.
-    again = algo.aggregate(new, [(ups[1], 1.0)], 2)
+    again = algo.aggregate(new, [Upload(1, ups[1], 1.0)], 2)
     assert torch.allclose(again["protos"][0], b[0], atol=1e-6) and torch.equal(again["protos"][1], new["protos"][1])
 
 
 def test_fedproto_regulariser_uses_the_received_prototypes(small):
     algo = make("fedproto", lam=1.0)
     server = algo.init_server()
-    state = algo.init_client(0, server)
+    state = algo.init_client(0)
     d = algo.worker.rep_dim
     protos = Payload({"protos": torch.full((2, d), 3.0), "classes": torch.tensor([0, 1], dtype=torch.int32)})
     plain, _, _ = make("fedproto", lam=0.0).local_update(0, state, protos, small, 2, gen())
@@ -323,24 +362,24 @@ def test_fedproto_regulariser_uses_the_received_prototypes(small):
     assert not same(pulled["model"], plain["model"])
     # lam = 0 trains exactly as the Local baseline, from the same start.
     local = make("local")
-    alone, _, _ = local.local_update(0, local.init_client(0, local.init_server()), Payload(), small, 2, gen())
+    alone, _, _ = local.local_update(0, local.init_client(0), Payload(), small, 2, gen())
     assert same(alone["model"], plain["model"])
 
 
 def test_fedproto_predicts_the_nearest_global_prototype(small):
     algo = make("fedproto")
-    state = algo.init_client(0, algo.init_server())
+    state = algo.init_client(0)
     model = algo.ctx.make_model()
     model.load_state_dict(state["model"])
     with torch.no_grad():
         r = model.encoder(small.x)
     protos = torch.stack([r[:8].mean(0), r[8:16].mean(0)])
-    server = {"protos": protos, "counts": torch.tensor([5, 5])}
-    m = algo.personal_model(0, state, server)
+    shared = algo.eval_broadcast({"protos": protos, "counts": torch.tensor([5, 5])})
+    m = algo.personal_model(0, state, shared)
     with torch.no_grad():
         pred = m(small.x).argmax(1)
     assert torch.equal(pred, torch.cdist(r, protos).argmin(1))
-    head = make("fedproto", inference="head").personal_model(0, state, server)
+    head = make("fedproto", inference="head").personal_model(0, state, shared)
     with torch.no_grad():
         assert torch.equal(head(small.x), model(small.x))
 
@@ -381,12 +420,16 @@ def test_end_to_end_run(method, partition, data, tmp_path):
     dense = dense_bytes(sim.ctx.make_model())
     up = [h["uplink_bytes"] for h in res["history"]]
     down = [h["downlink_bytes"][0] for h in res["history"]]
-    if method in ("ditto", "moon", "fml"):
+    head = sum(v.numel() * 4 for k, v in sim.server.get("global", {}).items() if k.startswith("proj."))
+    if method in ("ditto", "fml"):
         assert up == [[dense] * 3] * 2 and down == [dense] * 2
+    elif method == "moon":
+        assert up == [[dense + head] * 3] * 2 and down == [dense + head] * 2
     elif method == "fedkd":
         assert all(0 < b < dense // 10 for r in up for b in r)
-        # default downlink "params": the factorised global mentee, never larger than dense
-        assert 0 < down[1] <= dense and res["history"][0]["upload_ranks"]
+        # default downlink "delta": the dense mentee on first contact, then the factorised update
+        mentee = sum(v.numel() * 4 for v in sim.server["global"].values()) + 4
+        assert down[0] == mentee and 0 < down[1] < mentee // 10 and res["history"][0]["upload_ranks"]
     else:
         y = data.split("train")[1].numpy()
         train = load_partition(partition).indices["train"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedmic.algorithms import ClientData, Context, get_algorithm
-from fedmic.algorithms.base import is_bn_key
+from fedmic.algorithms.base import Upload, is_bn_key
 from fedmic.comm import Payload
 from fedmic.models import build_model
 
@@ -64,7 +64,7 @@ def reference_split(model_name):
 def test_local_sends_nothing_and_clients_stay_independent():
     algo = make_algo("local")
     server = algo.init_server()
-    c0, c1 = algo.init_client(0, server), algo.init_client(1, server)
+    c0, c1 = algo.init_client(0), algo.init_client(1)
     c1_start = copy.deepcopy(c1)
     down = algo.broadcast(server, 1)
     assert down.nbytes == 0 and not down.tensors
@@ -72,11 +72,11 @@ def test_local_sends_nothing_and_clients_stay_independent():
     assert up0.nbytes == 0 and not up0.tensors and not up0.meta
     assert math.isfinite(info["loss"])
     assert not same(new0["model"], c0["model"]), "client 0 did not train"
-    server = algo.aggregate(server, [(up0, 24.0)], 1)
+    server = algo.aggregate(server, [Upload(0, up0, 24.0)], 1)
     assert algo.global_model(server) is None
     # Client 1 never trained: client 0's training must not reach its model.
-    assert same(state_of(algo.personal_model(1, c1, server)), c1_start["model"])
-    assert same(state_of(algo.personal_model(0, new0, server)), new0["model"])
+    assert same(state_of(algo.personal_model(1, c1, algo.eval_broadcast(server))), c1_start["model"])
+    assert same(state_of(algo.personal_model(0, new0, algo.eval_broadcast(server))), new0["model"])
     # The next update continues client 0's own model, not a fresh one.
     new0b, _, _ = algo.local_update(0, new0, algo.broadcast(server, 2), toy_data(1), 2, gen(1))
     fresh, _, _ = algo.local_update(0, c0, algo.broadcast(server, 2), toy_data(1), 2, gen(1))
@@ -88,7 +88,7 @@ def test_local_sends_nothing_and_clients_stay_independent():
 def test_local_update_returns_new_state_and_leaves_old_untouched(name, model, hp):
     algo = make_algo(name, model=model, hp=hp)
     server = algo.init_server()
-    old = algo.init_client(0, server)
+    old = algo.init_client(0)
     frozen_copy = copy.deepcopy(old)
     new, _, _ = algo.local_update(0, old, algo.broadcast(server, 1), toy_data(3), 1, gen())
     assert new is not old
@@ -142,7 +142,7 @@ def test_fedbn_uploads_no_bn_and_keeps_local_statistics():
     assert any(k.endswith("running_mean") for k in bn) and any(k.endswith("running_var") for k in bn)
     shared = set(sd) - bn
     server = algo.init_server()
-    c0, c1 = algo.init_client(0, server), algo.init_client(1, server)
+    c0, c1 = algo.init_client(0), algo.init_client(1)
     down = algo.broadcast(server, 1)
     assert set(down.tensors) == shared
     # Different input statistics, so the two clients' BN statistics differ.
@@ -156,10 +156,10 @@ def test_fedbn_uploads_no_bn_and_keeps_local_statistics():
     rm = next(k for k in bn if k.endswith("running_mean"))
     assert not torch.equal(new0["bn"][rm], c0["bn"][rm]) and not torch.equal(new0["bn"][rm], new1["bn"][rm])
     own0 = copy.deepcopy(new0["bn"])
-    server = algo.aggregate(server, [(up0, 24.0), (up1, 24.0)], 1)
+    server = algo.aggregate(server, [Upload(0, up0, 24.0), Upload(1, up1, 24.0)], 1)
     assert algo.global_model(server) is None
     assert set(algo.broadcast(server, 2).tensors) == shared
-    p0 = state_of(algo.personal_model(0, new0, server))
+    p0 = state_of(algo.personal_model(0, new0, algo.eval_broadcast(server)))
     assert same({k: p0[k] for k in bn}, own0), "client 0's BN must be its own, not averaged"
     for k in shared:
         assert torch.allclose(p0[k], (up0.tensors[k] + up1.tensors[k]) / 2), k
@@ -169,8 +169,8 @@ def test_fedbn_next_update_starts_from_own_bn(monkeypatch):
     algo = make_algo("fedbn", model="cnn_bn")
     server = algo.init_server()
     down = algo.broadcast(server, 1)
-    new0, _, _ = algo.local_update(0, algo.init_client(0, server), down, toy_data(1), 1, gen())
-    algo.local_update(1, algo.init_client(1, server), down, toy_data(2, shift=2.0), 1, gen())  # leaves its BN in the worker
+    new0, _, _ = algo.local_update(0, algo.init_client(0), down, toy_data(1), 1, gen())
+    algo.local_update(1, algo.init_client(1), down, toy_data(2, shift=2.0), 1, gen())  # leaves its BN in the worker
     monkeypatch.setattr(algo, "train_supervised", lambda *a, **k: 0.0)  # no training: what is loaded comes back
     again, up, _ = algo.local_update(0, new0, down, toy_data(1), 2, gen())
     assert same(again["bn"], new0["bn"])
@@ -184,7 +184,7 @@ def test_fedper_head_stays_local_and_bit_identical(monkeypatch):
     _, sd, head, _ = reference_split("cnn")
     enc = set(sd) - head
     server = algo.init_server()
-    c0, c1 = algo.init_client(0, server), algo.init_client(1, server)
+    c0, c1 = algo.init_client(0), algo.init_client(1)
     down = algo.broadcast(server, 1)
     assert set(down.tensors) == enc
     new0, up0, _ = algo.local_update(0, c0, down, toy_data(1), 1, gen())
@@ -193,11 +193,11 @@ def test_fedper_head_stays_local_and_bit_identical(monkeypatch):
         assert set(up.tensors) == enc and up.nbytes == nbytes(sd[k] for k in enc)
     assert set(new0["head"]) == head and not same(new0["head"], c0["head"])
     head0 = copy.deepcopy(new0["head"])
-    server = algo.aggregate(server, [(up0, 30.0), (up1, 10.0)], 1)
+    server = algo.aggregate(server, [Upload(0, up0, 30.0), Upload(1, up1, 10.0)], 1)
     down2 = algo.broadcast(server, 2)
     assert set(down2.tensors) == enc
     assert same(new0["head"], head0)
-    p0 = state_of(algo.personal_model(0, new0, server))
+    p0 = state_of(algo.personal_model(0, new0, algo.eval_broadcast(server)))
     assert same({k: p0[k] for k in head}, head0)
     assert same({k: p0[k] for k in enc}, server["global"])
     for k in enc:
@@ -222,7 +222,7 @@ def test_fedrep_trains_head_then_encoder():
                  lambda mod, inp: snaps.append((state_of(algo.worker.encoder), state_of(algo.worker.head)))),
              algo.worker.encoder.register_forward_pre_hook(lambda mod, inp: enc_calls.append(1))]
     try:
-        new, up, info = algo.local_update(0, algo.init_client(0, server), down, toy_data(4, n=24), 1, gen())
+        new, up, info = algo.local_update(0, algo.init_client(0), down, toy_data(4, n=24), 1, gen())
     finally:
         for h in hooks:
             h.remove()

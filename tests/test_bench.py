@@ -156,15 +156,15 @@ def test_reference_proves_uploads_dense_without_their_eigendecomposition(monkeyp
 
 
 def test_fedmic_encodes_uploads_against_the_broadcast_they_left(monkeypatch):
-    """FedMIC's `decompose: params` uploads use the broadcast as the codec's reference; `delta`
-    uploads (small matrices around zero) do not."""
-    from fedmic import comm
+    """FedMIC's `decompose: params` uploads use the broadcast they were trained from as the codec's
+    reference; `delta` uploads (small matrices around zero) do not."""
+    from fedmic import comm, gpd
     from fedmic.algorithms.base import Context
     from fedmic.algorithms.fedmic import FedMIC
 
     seen = []
     encode = comm.svd_encode
-    monkeypatch.setattr("fedmic.algorithms.fedmic.svd_encode",
+    monkeypatch.setattr(gpd, "svd_encode",
                         lambda *a, reference=None, **k: seen.append(reference) or encode(*a, reference=reference, **k))
     for decompose in ("params", "delta"):
         ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"),
@@ -172,11 +172,12 @@ def test_fedmic_encodes_uploads_against_the_broadcast_they_left(monkeypatch):
                       transport_dtype=torch.float32, hp={"decompose": decompose})
         algo = FedMIC(ctx)
         server = algo.init_server()
+        start, _ = algo.channel.rebuild(None, algo.downlink(server, 1, 0))
         seen.clear()
-        up = algo.encode(algo._broadcast_state(server["down"]), 1, near=server["down"])
+        up = algo.channel.upload(start, start, 1)
         ref = seen[-1]
         if decompose == "params":
-            assert ref is not None and ref.state is algo._broadcast_state(server["down"])
+            assert ref is not None and ref.state is start
             assert "encoder.fc.weight" not in comm.kept_ranks(up)  # a full-rank init is sent dense
         else:
             assert ref is None

@@ -120,3 +120,21 @@ def test_local_sgd_is_bit_identical_to_torch_sgd(momentum, weight_decay):
             opt.step()
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_local_sgd_does_not_import_dynamo():
+    """torch.optim.SGD() imports torch._dynamo (~2 s per training process); the functional SGD
+    the algorithms use must not."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from fedmic.algorithms import Context, ClientData, get_algorithm\n"
+            "ctx = Context(model='cnn', in_channels=1, n_classes=2, image_size=28, device=torch.device('cpu'),"
+            " rounds=1, local_epochs=1, batch_size=4, lr=0.1, momentum=0.9, weight_decay=1e-4)\n"
+            "algo = get_algorithm('fedavg')(ctx)\n"
+            "data = ClientData(torch.rand(8, 1, 28, 28), torch.randint(0, 2, (8,)))\n"
+            "algo.local_update(0, {}, algo.broadcast(algo.init_server(), 1), data, 1, torch.Generator())\n"
+            "assert 'torch.optim.sgd' in sys.modules\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

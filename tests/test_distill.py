@@ -76,3 +76,40 @@ def test_kl_is_zero_for_identical_logits():
     z = torch.randn(4, 3)
     assert decision_kd(z, z.clone(), tau=3.0).abs().item() < 1e-6
     assert decision_kd(z, torch.randn(4, 3), tau=3.0).item() > 0
+
+
+def test_adaptive_weight_is_capped_when_both_models_fit_the_batch():
+    from fedmic.distill import adaptive_weight
+    tiny = torch.tensor(1e-7)
+    assert float(adaptive_weight(tiny, tiny, 10.0)) == 10.0  # uncapped it would be 5e6
+    assert float(adaptive_weight(torch.tensor(0.3), torch.tensor(0.2), 10.0)) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("method", ["fedmic", "fedkd"])
+def test_distillation_weight_stays_bounded_on_a_one_class_client(method, monkeypatch):
+    """A client holding one class: both models drive CE towards 0 within a few steps. The weight
+    reaches its cap and stops there, and training stays finite."""
+    from fedmic import distill
+    from fedmic.algorithms import ClientData, Context, get_algorithm
+    from fedmic.algorithms import mutual
+
+    seen = []
+    real = distill.dual_kd_losses
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(float(out["weight"]))
+        return out
+
+    monkeypatch.setattr(mutual, "dual_kd_losses", spy)
+    ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"), rounds=1,
+                  local_epochs=100, batch_size=16, lr=0.1)
+    torch.manual_seed(0)
+    algo = get_algorithm(method)(ctx)
+    server = algo.init_server()
+    g = torch.Generator().manual_seed(0)
+    data = ClientData(torch.rand(32, 1, 28, 28, generator=g), torch.zeros(32, dtype=torch.long))
+    state, up, info = algo.local_update(0, algo.init_client(0), algo.downlink(server, 1, 0), data, 1,
+                                        torch.Generator().manual_seed(1))
+    assert max(seen) == pytest.approx(algo.hp["max_adaptive_weight"]) and min(seen) < 1.0
+    assert up.first_nonfinite() is None and all(torch.isfinite(v).all() for v in state[algo.private_name].values())

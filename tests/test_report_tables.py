@@ -49,7 +49,7 @@ def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | Non
               timing: list | None = None, rss: float = 512.0, eval_every: int = 1,
               valsel_acc: float | None = None, acc_std: float = 0.1, worst: float = 0.4,
               **cfg_kw) -> Path:
-    """A fedmic-run/1 JSON with known values. Each round moves sum(up) + sum(down) bytes;
+    """A fedmic-run/2 JSON with known values. Each round moves sum(up) + sum(down) bytes;
     rounds whose number is a multiple of eval_every carry an eval with accs[round-1]."""
     cfg = run_config(method, arm, hp, **cfg_kw)
     history = []
@@ -69,7 +69,7 @@ def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | Non
             h["eval"] = ev
         history.append(h)
     personal = {"acc": acc, "auc": auc, "f1": acc, "acc_mean": acc, "acc_std": acc_std,
-                "acc_worst_decile": worst, "auc_client_mean": auc}
+                "acc_worst_decile": worst, "auc_mean": auc}
     summary = {"uplink_per_round": float(sum(up)), "downlink_per_round": float(sum(down)),
                "uplink_total": sum(up) * len(accs), "downlink_total": sum(down) * len(accs),
                "dropped_total": 0, "skipped_total": 0, "personal": personal,
@@ -81,7 +81,7 @@ def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | Non
     p = {"shared": params[0]}
     if params[1] is not None:
         p["personal"] = params[1]
-    run = {"format": "fedmic-run/1", "config": cfg, "env": {"device": "cpu"},
+    run = {"format": "fedmic-run/2", "config": cfg, "env": {"device": "cpu"},
            "partition": {"file": "p.json", "redraws": 0},
            "floors": {"local_majority_acc": floors[0], "global_majority_acc": floors[1]},
            "n_train": [50] * cfg["clients"], "history": history, "summary": summary, "params": p}

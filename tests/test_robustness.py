@@ -345,7 +345,7 @@ def test_nonfinite_update_skipped_and_counted(part, tmp_path, monkeypatch):
     real = NaNForClient2.aggregate
 
     def spy(self, server, uploads, rnd):
-        seen.append([w for _, w in uploads])
+        seen.append([u.weight for u in uploads])
         return real(self, server, uploads, rnd)
 
     monkeypatch.setattr(NaNForClient2, "aggregate", spy)
@@ -387,7 +387,7 @@ def test_dropped_uploads_counted_and_rest_aggregated(part, tmp_path, monkeypatch
     real = FedAvg.aggregate
 
     def spy(self, server, uploads, rnd):
-        seen.append(sorted(w for _, w in uploads))
+        seen.append(sorted(u.weight for u in uploads))
         return real(self, server, uploads, rnd)
 
     monkeypatch.setattr(FedAvg, "aggregate", spy)
@@ -419,14 +419,16 @@ def tensor_bytes(obj) -> int:
     return sum(t.numel() * t.element_size() for _, t in engine._tensors(obj))
 
 
-def test_fedmic_client_state_is_teacher_plus_aux_matrices(part, tmp_path):
-    """docs/robustness.md: a FedMIC client keeps its teacher and the two auxiliary matrices,
-    nothing else (no student, no optimiser state, no upload)."""
+def test_fedmic_client_state_is_teacher_aux_matrices_and_global_copy(part, tmp_path):
+    """docs/robustness.md: a FedMIC client keeps its teacher and the two auxiliary matrices and,
+    once it has trained, its copy of the global student (to add the next factorised update to);
+    nothing else (no optimiser state, no upload)."""
     hp = {"teacher_width": 0.5, "student_width": 0.25}
     sim = Simulation(cfg(method="fedmic", rounds=1, hp=hp), part, DATA)
-    teacher = build_model("cnn", 1, 2, 0.5)
-    d_t, d_s = teacher.rep_dim, build_model("cnn", 1, 2, 0.25).rep_dim
-    bound = sum(v.numel() * v.element_size() for v in teacher.state_dict().values()) + 2 * d_t * d_s * 4
+    size = lambda m: sum(v.numel() * v.element_size() for v in m.state_dict().values())
+    teacher, student = build_model("cnn", 1, 2, 0.5), build_model("cnn", 1, 2, 0.25)
+    bound = size(teacher) + 2 * teacher.rep_dim * student.rep_dim * 4
     assert [tensor_bytes(s) for s in sim.clients] == [bound] * K
-    sim.run(tmp_path / "run.json")
-    assert [tensor_bytes(s) for s in sim.clients] == [bound] * K  # training does not grow it
+    res = sim.run(tmp_path / "run.json")
+    trained = set(res["history"][0]["sampled"])
+    assert [tensor_bytes(s) for s in sim.clients] == [bound + size(student) * (c in trained) for c in range(K)]

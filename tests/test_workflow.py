@@ -118,15 +118,15 @@ def test_paper_grid_dry_run(tmp_path):
     elapsed = time.perf_counter() - t0
     counts = job_counts(res.stdout)
     print(f"paper grid: {sum(counts.values())} jobs, dry run {elapsed:.1f} s")
-    # 4 datasets x 3 lambdas x 12 methods x 3 seeds runs for T2 alone
-    assert counts["train"] >= 4 * 3 * 12 * 3
+    # 4 datasets x 3 lambdas x 13 arms x 3 seeds runs for T2 alone
+    assert counts["train"] >= 4 * 3 * 13 * 3
     assert counts["download"] >= 1
 
 
 def test_single_table_target_needs_only_its_runs(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", "--cores", "8", "table_t4",
                                   config="config/config.yaml").stdout)
-    assert counts["train"] == 4 * 3 * 12 * 3  # exactly T2's runs
+    assert counts["train"] == 4 * 3 * 13 * 3  # exactly T2's runs (12 methods + FedAvg on cnn_bn)
     assert counts["table_t4"] == 1 and "table_t2" not in counts
 
 

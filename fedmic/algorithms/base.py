@@ -9,16 +9,26 @@ which lets the engine discard a diverged update.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.optim.sgd import sgd
 
 from ..comm import Payload, dense_payload, unpack_dense
 from ..models import SplitModel, build_model
 
 State = dict[str, Any]
+
+
+class Upload(NamedTuple):
+    """One client's upload as the server receives it: who sent it (a real server knows its
+    peers), what it sent, and its aggregation weight (sample count, or 1 for uniform)."""
+
+    cid: int
+    payload: Payload
+    weight: float
 
 
 @dataclass
@@ -70,13 +80,12 @@ class Context:
 
 
 class LocalSGD:
-    """SGD with momentum and weight decay, the same arithmetic as torch.optim.SGD's
-    single-tensor path (what it uses for CPU tensors; bit-identical there, tested).
-
-    Why not torch.optim.SGD: constructing the first torch.optim optimizer imports
-    torch._dynamo, 1.9 s of CPU in every training process (measured with torch 2.13 on this
-    project's 2-core machine) — a third of the start-up cost of the demo's short runs. A new
-    optimiser is made for every local update, as FL methods reset it each round."""
+    """torch's own functional SGD (`torch.optim.sgd.sgd`, the arithmetic of torch.optim.SGD,
+    bit-identical, tested) driven without a `torch.optim.Optimizer` object: constructing the first
+    Optimizer imports torch._dynamo, 1.9 s of CPU in every training process (measured with torch
+    2.13 on this project's 2-core machine). A new optimiser is made for every local update, as FL
+    methods reset it each round. The multi-tensor (foreach) kernels take one call per step for all
+    parameters instead of one per tensor; the elementwise arithmetic is the same."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         self.params = [p for p in params]
@@ -89,25 +98,14 @@ class LocalSGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        if not self.momentum and not self.weight_decay:
-            # plain SGD: one multi-tensor kernel call for all parameters instead of one per
-            # tensor; the same elementwise arithmetic (bit-identical, tested)
-            live = [p for p in self.params if p.grad is not None]
-            torch._foreach_add_(live, [p.grad for p in live], alpha=-self.lr)
-            return
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            d = p.grad
-            if self.weight_decay:
-                d = d.add(p, alpha=self.weight_decay)
-            if self.momentum:
-                if self.buffers[i] is None:
-                    self.buffers[i] = torch.clone(d).detach()
-                else:
-                    self.buffers[i].mul_(self.momentum).add_(d)
-                d = self.buffers[i]
-            p.add_(d, alpha=-self.lr)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        params = [self.params[i] for i in live]
+        buffers = [self.buffers[i] for i in live]
+        sgd(params, [p.grad for p in params], buffers, foreach=True, weight_decay=self.weight_decay,
+            momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False, maximize=False)
+        if self.momentum:  # sgd fills the list with the buffers it created
+            for i, b in zip(live, buffers):
+                self.buffers[i] = b
 
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -140,7 +138,13 @@ def is_bn_key(model: nn.Module, key: str) -> bool:
 
 class Algorithm:
     """Base class. Subclasses set `name`, `defaults` (their paper's hyperparameters),
-    `personalised` (whether each client is scored with its own model) and override the hooks."""
+    `personalised` (whether each client is scored with its own model) and override the hooks.
+
+    What each side may use is what a real deployment gives it: the server its own state and the
+    uploads; a client its own state, its data, its seed and what the server sent it. Every party
+    constructs the algorithm from the same run config under the same seed (the engine seeds torch
+    before), so constants set in `__init__` (initial weights) are known to all. Nothing else may
+    live on the object between calls: in a deployment each message may run in a fresh process."""
 
     name = "base"
     defaults: dict[str, Any] = {}
@@ -160,14 +164,27 @@ class Algorithm:
         return {"global": clone_state(self.worker)}
 
     def broadcast(self, server: State, rnd: int) -> Payload:
+        """What the server sends for round `rnd` to a client that is up to date."""
         return dense_payload(server["global"], self.ctx.transport_dtype)
 
-    def aggregate(self, server: State, uploads: list[tuple[Payload, float]], rnd: int) -> State:
-        states = [unpack_dense(p) for p, _ in uploads]
-        return {**server, "global": {**server["global"], **weighted_average(states, [w for _, w in uploads])}}
+    def downlink(self, server: State, rnd: int, cid: int) -> Payload:
+        """What client `cid` receives in round `rnd` (counted as its downlink): the broadcast,
+        unless the method sends clients that missed rounds something else (a catch-up)."""
+        return self.broadcast(server, rnd)
+
+    def aggregate(self, server: State, uploads: list[Upload], rnd: int) -> State:
+        states = [unpack_dense(u.payload) for u in uploads]
+        return {**server, "global": {**server["global"], **weighted_average(states, [u.weight for u in uploads])}}
+
+    def eval_broadcast(self, server: State) -> Payload:
+        """What a client needs from the server to build its scored model (`personal_model`): the
+        shared part of a partly personalised model, global prototypes, ... Nothing by default."""
+        return Payload()
 
     # --- client side -------------------------------------------------------------------
-    def init_client(self, cid: int, server: State) -> State:
+    def init_client(self, cid: int) -> State:
+        """A client's state before it first trains, from what it knows alone (the run config
+        and the seed the engine sets)."""
         return {}
 
     def local_update(self, cid: int, state: State, received: Payload, data: ClientData, rnd: int,
@@ -180,8 +197,9 @@ class Algorithm:
         self.worker.load_state_dict(server["global"])
         return self.worker
 
-    def personal_model(self, cid: int, state: State, server: State) -> nn.Module:
-        """The model scored on client `cid`'s local test set (only for personalised methods)."""
+    def personal_model(self, cid: int, state: State, shared: Payload) -> nn.Module:
+        """The model scored on client `cid`'s local test set (only for personalised methods),
+        built from the client's state and `shared`, what `eval_broadcast` sent."""
         raise NotImplementedError
 
     # --- shared training helpers -------------------------------------------------------

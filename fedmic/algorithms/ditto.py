@@ -28,11 +28,12 @@ class Ditto(FedAvg):
         pe = hp["personal_epochs"]
         self.check_hp("personal_epochs", pe is None or (isinstance(pe, int) and not isinstance(pe, bool) and pe >= 1),
                       "null or an integer >= 1")
+        self.start = clone_state(self.worker)  # w^0, the global model every party starts from
         self.personal = ctx.make_model()
 
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         # v_i starts where w starts (the paper initialises both from w^0).
-        return {"personal": {k: v.clone() for k, v in server["global"].items()}}
+        return {"personal": {k: v.clone() for k, v in self.start.items()}}
 
     def local_update(self, cid, state, received, data, rnd, gen):
         # Global model first, exactly as FedAvg trains it: Ditto's upload is FedAvg's upload.
@@ -51,6 +52,6 @@ class Ditto(FedAvg):
                                        epochs=self.hp["personal_epochs"])
         return {"personal": clone_state(self.personal)}, upload, {"loss": loss, "loss_personal": loss_p}
 
-    def personal_model(self, cid, state, server):
+    def personal_model(self, cid, state, shared):
         self.personal.load_state_dict(state["personal"])
         return self.personal

@@ -2,7 +2,7 @@
 parameters and running statistics are never uploaded; everything else is averaged."""
 from __future__ import annotations
 
-from ..comm import dense_payload, unpack_dense
+from ..comm import Payload, dense_payload, unpack_dense
 from .base import Algorithm, clone_state, is_bn_key
 
 
@@ -25,7 +25,7 @@ class FedBN(Algorithm):
         # The server only ever holds the shared (non-BN) tensors.
         return {"global": {k: self.start[k].clone() for k in self.shared_keys}}
 
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         return {"bn": {k: self.start[k].clone() for k in self.bn_keys}}
 
     def local_update(self, cid, state, received, data, rnd, gen):
@@ -39,6 +39,9 @@ class FedBN(Algorithm):
     def global_model(self, server):
         return None  # no global BN exists, so there is no shared model to score
 
-    def personal_model(self, cid, state, server):
-        self.worker.load_state_dict({**server["global"], **state["bn"]})
+    def eval_broadcast(self, server) -> Payload:
+        return self.broadcast(server, 0)
+
+    def personal_model(self, cid, state, shared):
+        self.worker.load_state_dict({**unpack_dense(shared), **state["bn"]})
         return self.worker

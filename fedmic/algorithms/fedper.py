@@ -2,7 +2,7 @@
 base is the model's encoder and the personalisation layer its head (the classifier)."""
 from __future__ import annotations
 
-from ..comm import dense_payload, unpack_dense
+from ..comm import Payload, dense_payload, unpack_dense
 from .base import Algorithm, clone_state
 
 
@@ -23,7 +23,7 @@ class FedPer(Algorithm):
         # The server only ever holds the encoder.
         return {"global": {k: self.start[k].clone() for k in self.shared_keys}}
 
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         # Every head starts from the same initial weights as the global model's would.
         return {"head": {k: self.start[k].clone() for k in self.head_keys}}
 
@@ -42,6 +42,9 @@ class FedPer(Algorithm):
     def global_model(self, server):
         return None  # a global encoder has no global head to be scored with
 
-    def personal_model(self, cid, state, server):
-        self.worker.load_state_dict({**server["global"], **state["head"]})
+    def eval_broadcast(self, server) -> Payload:
+        return self.broadcast(server, 0)
+
+    def personal_model(self, cid, state, shared):
+        self.worker.load_state_dict({**unpack_dense(shared), **state["head"]})
         return self.worker

@@ -82,7 +82,8 @@ class FedProto(Algorithm):
         sums = torch.zeros(c, d, dtype=torch.float64, device=self.ctx.device)
         weights = torch.zeros(c, dtype=torch.float64, device=self.ctx.device)
         counts = torch.zeros(c, dtype=torch.long, device=self.ctx.device)
-        for p, _ in uploads:  # the engine's client weight is not used: prototypes carry their counts
+        for u in uploads:  # the engine's client weight is not used: prototypes carry their counts
+            p = u.payload
             cls, n = p.tensors["classes"].long(), p.tensors["counts"].long()
             w = n.double() if self.hp["proto_weighting"] == "counts" else torch.ones_like(n, dtype=torch.float64)
             sums.index_add_(0, cls, p.tensors["protos"].double() * w.unsqueeze(1))
@@ -95,7 +96,7 @@ class FedProto(Algorithm):
         return {"protos": protos, "counts": torch.where(seen, counts, server["counts"])}
 
     # --- client ------------------------------------------------------------------------
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         return {"model": {k: v.clone() for k, v in self.start.items()}}
 
     def local_update(self, cid, state, received, data, rnd, gen):
@@ -128,10 +129,17 @@ class FedProto(Algorithm):
     def global_model(self, server):
         return None
 
-    def personal_model(self, cid, state, server):
+    def eval_broadcast(self, server) -> Payload:
+        return self.broadcast(server, 0)
+
+    def personal_model(self, cid, state, shared):
         self.worker.load_state_dict(state["model"])
-        has = server["counts"] > 0
-        if self.hp["inference"] == "head" or not bool(has.any()):
+        if self.hp["inference"] == "head" or "protos" not in shared.tensors:
             return self.worker
-        self.nearest.protos, self.nearest.has = server["protos"], has
+        c = self.ctx.n_classes
+        protos = torch.zeros(c, self.worker.rep_dim, device=self.ctx.device)
+        has = torch.zeros(c, dtype=torch.bool, device=self.ctx.device)
+        cls = shared.tensors["classes"].long()
+        protos[cls], has[cls] = shared.tensors["protos"].float(), True
+        self.nearest.protos, self.nearest.has = protos, has
         return self.nearest

@@ -32,7 +32,7 @@ class FML(Algorithm):
         self.meme = self.worker
         self.local = ctx.make_model()
 
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         # The engine seeds each client: local models start from their own random weights, so
         # the two networks of a pair differ from the first step (mutual learning needs it).
         return {"local": clone_state(self.ctx.make_model())}
@@ -61,6 +61,6 @@ class FML(Algorithm):
         upload = dense_payload(clone_state(self.meme), self.ctx.transport_dtype)
         return {"local": clone_state(self.local)}, upload, {"loss": means[0], "loss_local": means[1]}
 
-    def personal_model(self, cid, state, server):
+    def personal_model(self, cid, state, shared):
         self.local.load_state_dict(state["local"])
         return self.local

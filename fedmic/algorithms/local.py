@@ -26,7 +26,7 @@ class Local(Algorithm):
     def aggregate(self, server, uploads, rnd):
         return server
 
-    def init_client(self, cid, server):
+    def init_client(self, cid):
         return {"model": {k: v.clone() for k, v in self.start.items()}}
 
     def local_update(self, cid, state, received, data, rnd, gen):
@@ -37,6 +37,6 @@ class Local(Algorithm):
     def global_model(self, server):
         return None
 
-    def personal_model(self, cid, state, server):
+    def personal_model(self, cid, state, shared):
         self.worker.load_state_dict(state["model"])
         return self.worker

@@ -1,14 +1,32 @@
 """MOON (Li, He, Song, CVPR 2021): FedAvg whose local loss adds a model-contrastive term that
-pulls the local representation towards the global model's and away from the client's previous
-local model's: loss = CE + mu * l_con. The global model is the evaluated one."""
+pulls the local model's projected representation towards the global model's and away from the
+client's previous local model's: loss = CE + mu * l_con. The projection head is the paper's
+2-layer MLP (output dimension 256); it is trained, uploaded and averaged with the model but used
+for the contrastive term only: the classifier reads the encoder's representation, as in every
+other arm, so the scored model is the same CNN (docs/method.md, "MOON"). The global model is the
+evaluated one."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 import torch.nn.functional as F
 
 from ..comm import dense_payload
+from ..models import SplitModel
 from .base import clone_state, is_number
 from .fedavg import FedAvg
+
+
+class ProjectedModel(SplitModel):
+    """A SplitModel with MOON's projection head beside the classifier: z = proj(encoder(x))."""
+
+    def __init__(self, model: SplitModel, proj_dim: int):
+        super().__init__(model.encoder, model.head)
+        d = model.rep_dim
+        self.proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.encoder(x))
 
 
 def model_contrastive_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.Tensor, tau: float) -> torch.Tensor:
@@ -21,8 +39,9 @@ def model_contrastive_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.
 class MOON(FedAvg):
     name = "moon"
     defaults = {
-        "mu": 1.0,   # paper: 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet
-        "tau": 0.5,  # paper: temperature 0.5 throughout
+        "mu": 1.0,        # paper: 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet
+        "tau": 0.5,       # paper: temperature 0.5 throughout
+        "proj_dim": 256,  # paper: the projection head's output dimension
     }
 
     def __init__(self, ctx):
@@ -30,10 +49,18 @@ class MOON(FedAvg):
         hp = self.hp
         self.check_hp("mu", is_number(hp["mu"]) and hp["mu"] >= 0, "a finite number >= 0")
         self.check_hp("tau", is_number(hp["tau"]) and hp["tau"] > 0, "a finite number > 0")
+        self.check_hp("proj_dim", isinstance(hp["proj_dim"], int) and not isinstance(hp["proj_dim"], bool)
+                      and hp["proj_dim"] >= 1, "an integer >= 1")
+        # The encoder and classifier are the ones every method starts from (made first, under the
+        # engine's seed); the projection head's weights are drawn after them.
+        self.worker = self._projected(self.worker)
         # Frozen copies: the broadcast global model and this client's previous local model.
-        self.glob, self.prev = ctx.make_model(), ctx.make_model()
+        self.glob, self.prev = self._projected(ctx.make_model()), self._projected(ctx.make_model())
         for m in (self.glob, self.prev):
             m.requires_grad_(False)
+
+    def _projected(self, model: SplitModel) -> ProjectedModel:
+        return ProjectedModel(model, int(self.hp["proj_dim"])).to(self.ctx.device)
 
     def local_update(self, cid, state, received, data, rnd, gen):
         self.load_received(self.worker, received)
@@ -48,8 +75,8 @@ class MOON(FedAvg):
 
             def contrast(model, x, y, r):
                 with torch.no_grad():
-                    z_glob, z_prev = self.glob.encoder(x), self.prev.encoder(x)
-                return mu * model_contrastive_loss(r, z_glob, z_prev, tau)
+                    z_glob, z_prev = self.glob.project(x), self.prev.project(x)
+                return mu * model_contrastive_loss(model.proj(r), z_glob, z_prev, tau)
 
         loss = self.train_supervised(self.worker, data, gen, extra_loss=contrast)
         trained = clone_state(self.worker)

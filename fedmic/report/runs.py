@@ -1,4 +1,4 @@
-"""Run JSONs (``fedmic-run/1``, written by ``Simulation.result()``) as tidy pandas frames.
+"""Run JSONs (``fedmic-run/2``, written by ``Simulation.result()``) as tidy pandas frames.
 
 ``load_runs`` gives one row per run: its identity (dataset, method, arm, seed...), the
 display label of its arm, and the summary numbers the tables print. ``history_frame`` gives
@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-RUN_FORMAT = "fedmic-run/1"
+RUN_FORMAT = "fedmic-run/2"
 
 PRETTY_METHOD = {
     "local": "Local", "fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN",
@@ -44,7 +44,7 @@ DIM_ORDER = ("dataset", "scheme", "lam", "clients", "join_ratio", "rounds", "ima
 DIM_HEADER = {"dataset": "dataset", "scheme": "scheme", "lam": "λ", "clients": "K",
               "join_ratio": "join ratio", "rounds": "rounds", "image_size": "size"}
 
-PERSONAL_KEYS = ("acc", "auc", "f1", "acc_mean", "acc_std", "acc_worst_decile", "auc_client_mean")
+PERSONAL_KEYS = ("acc", "auc", "f1", "acc_mean", "acc_std", "acc_worst_decile", "auc_mean")
 GLOBAL_KEYS = ("acc", "auc", "f1")
 
 # readable text for hyperparameter changes (FedMIC's switches); others print as key=value
