@@ -1,18 +1,83 @@
 # Config validation and every input function; the grid logic itself lives in fedmic.grid.
 import json
 import os
+import re
+import shlex
+import subprocess
 import sys
 
+from snakemake.exceptions import WorkflowError
+from snakemake.sourcecache import LocalSourceFile
 from snakemake.utils import validate
 
-# Jobs call the package with the Python that runs Snakemake, or, with --sdm conda, with the
-# rule's environment and this checkout on its path (the package is not installed there).
-REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
-sys.path.insert(0, REPO)
+
+def git_describe(folder):
+    """'<folder> @ <commit>[ (uncommitted changes)]', or the folder alone outside git."""
+    try:
+        git = ["git", "-C", folder]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return folder
+    return f"{folder} @ {commit.strip()}" + (" (uncommitted changes)" if dirty.strip() else "")
+
+
+def require_installed_fedmic(version):
+    try:
+        import fedmic
+    except ImportError:
+        raise WorkflowError(
+            f"this workflow is a module from a git URL, so its jobs need the fedmic package "
+            f"installed beside Snakemake: pip install fedmic=={version} (or run with --sdm conda)"
+        ) from None
+    if fedmic.__version__ != version:
+        raise WorkflowError(
+            f"the workflow is fedmic {version} but the installed package is fedmic "
+            f"{fedmic.__version__} ({os.path.dirname(fedmic.__file__)}): pip install fedmic=={version}"
+        )
+
+# Where jobs get the fedmic package. From a checkout (the Snakefile run in place, or a module
+# given by a local path), jobs import that checkout's package: the code this workflow came
+# with. As a module from a git URL (`snakefile: github(...)` or "git+file://...@ref") only
+# workflow files are fetched, so the package comes installed beside Snakemake (`pip install
+# fedmic==<version>`) or, under --sdm conda, from workflow/envs/fedmic.yaml; either way at
+# exactly this workflow's version. workflow.basedir is the *user's* folder in a module:
+# current_basedir is this file's.
+_rules_dir = workflow.current_basedir
+WORKFLOW_VERSION = re.search(
+    r'__version__ = "([^"]+)"',
+    open(workflow.source_path("../../fedmic/__init__.py")).read(),
+).group(1)
+if isinstance(_rules_dir, LocalSourceFile):
+    CHECKOUT = os.path.abspath(os.path.join(str(_rules_dir), "..", ".."))
+    sys.path.insert(0, CHECKOUT)
+    _pythonpath = f"PYTHONPATH={shlex.quote(CHECKOUT)}${{PYTHONPATH:+:$PYTHONPATH}} "
+    WORKFLOW_SOURCE = git_describe(CHECKOUT)
+else:
+    CHECKOUT, _pythonpath = None, ""
+    WORKFLOW_SOURCE = _rules_dir.get_path_or_uri(secret_free=True)
+    require_installed_fedmic(WORKFLOW_VERSION)
 _conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
-FEDMIC = f"env PYTHONPATH={REPO} python -m fedmic.cli" if _conda else f"{sys.executable} -m fedmic.cli"
+_python = "python" if _conda else shlex.quote(sys.executable)
+FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
 
 from fedmic import grid
+from fedmic.gpus import visible_gpus
+
+# GPUs (fedmic/gpus.py): a training job takes one unit of the `gpu` resource. The pool is
+# --resources gpu=N when given (the SLURM profiles give one of their own), else the number of
+# GPUs this machine shows; none on a CPU machine, where --cores alone limits how many runs
+# train at once. With more than one GPU, each job takes a slot of its own (slot s on GPU
+# s mod G), so --resources gpu=2G packs two runs on each GPU.
+GPUS = visible_gpus()
+if "gpu" not in workflow.global_resources and GPUS:
+    workflow.register_resource("gpu", len(GPUS))
+_pool = getattr(workflow.global_resources.get("gpu"), "value", None)
+if len(GPUS) > 1 and isinstance(_pool, int):
+    FEDMIC_TRAIN = f"{_pythonpath}{_python} -m fedmic.gpus --slots {_pool} -- {_python} -m fedmic.cli train"
+else:
+    FEDMIC_TRAIN = f"{FEDMIC} train"
 from fedmic.config import ConfigError
 
 

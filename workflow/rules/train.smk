@@ -1,5 +1,6 @@
-# One federated simulation per job. GPU-tagged: the default profile allows one GPU job at a
-# time, the SLURM profile sends these jobs to a GPU partition. On SLURM,
+# One federated simulation per job. GPU-tagged: at most as many at once as the `gpu` pool
+# (common.smk: the machine's GPUs, none on a CPU machine); the SLURM profile sends these jobs
+# to a GPU partition. On SLURM,
 # profiles/slurm/grouped bundles several of these jobs into one GPU job (group `train_group`,
 # set from the profile so this rule stays ungrouped elsewhere; docs/slurm.md).
 
@@ -12,7 +13,7 @@ rule train:
         run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
         timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
     params:
-        fedmic=FEDMIC,
+        train=FEDMIC_TRAIN,
         root=DATA_ROOT,
         config=run_config_json,
     log:
@@ -27,5 +28,5 @@ rule train:
     conda:
         "../envs/fedmic.yaml"
     shell:
-        "{params.fedmic} train --config {params.config:q} --partition {input.partition} --root {params.root}"
+        "{params.train} --config {params.config:q} --partition {input.partition} --root {params.root}"
         " --threads {threads} --out {output.run} > {log} 2>&1"
