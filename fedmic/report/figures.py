@@ -89,8 +89,10 @@ def _finish(fig, axes, title: str) -> None:
     labels = sorted(handles, key=lambda lab: lab == FLOOR_LABEL)  # the floor after the arms
     n_cols = min(len(labels), 6) or 1
     n_leg_rows = -(-len(labels) // n_cols)
+    height = fig.get_size_inches()[1]
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * n_leg_rows, 1, 0.96))
+    # room for the legend below the panels: about a quarter inch a row
+    fig.tight_layout(rect=(0, (0.15 + 0.25 * n_leg_rows) / height, 1, 1 - 0.45 / height))
     if labels:
         fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=n_cols,
                    frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.0))
@@ -171,7 +173,9 @@ def acc_vs_bytes_figure(tidy: pd.DataFrame):
             _line(ax, x[keep], y[keep], style[arm], label, int(keep.sum()))
         _floor_line(ax, v.in_setting(tidy, dim_cols, s))
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lo, hi = ax.get_xlim()
+        # 1-2-5 ticks over up to two decades, one a decade beyond: labels never overlap
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(setting_text(dim_cols, s), fontsize=10)

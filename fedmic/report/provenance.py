@@ -20,8 +20,13 @@ RUN_ENV = ("fedmic", "torch", "cuda", "python", "device", "gpu", "memory_format"
 
 
 def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    from fedmic import __version__
+
     out = {}
     for name in packages:
+        if name == "fedmic":  # the code that runs, even where an older install left metadata
+            out[name] = __version__
+            continue
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

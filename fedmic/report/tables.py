@@ -207,7 +207,7 @@ def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
         for r in rows.rows[-2:]:
             r["FedMIC vs best baseline"] = ""
     test_text = ""
-    if tests:
+    if tests and max(tests) > 0:
         n = f"{min(tests)}" if min(tests) == max(tests) else f"{min(tests)}–{max(tests)}"
         test_text = (f" FedMIC vs best baseline: two-sided Wilcoxon signed-rank test of FedMIC's "
                      f"personalised test ACC against the baseline with the highest mean ACC in the "

@@ -1,7 +1,8 @@
 """Every run as one tidy long-format table: a row per run, round and metric.
 
 ``collect(run_paths)`` reads run JSONs (``fedmic-run/2``; ``/1`` is read with its pooled AUC
-as ``auc_pooled`` and no per-client AUC) and their timing sidecars; ``write``/``read`` store
+as ``auc_pooled``, no per-client AUC, and its local-majority floor as the client prior's ACC,
+which it is by definition) and their timing sidecars; ``write``/``read`` store
 it as gzip-compressed CSV (``pd.read_csv("results.csv.gz")``, R's ``read.csv``). Every table
 and figure is a view over this frame. results/README.md documents the columns:
 
@@ -143,7 +144,10 @@ def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
             add("last", "personal", metric, value, split="test", client=cid)
     for metric in SUMMARY_COMM:
         add("run", "comm", metric, summary.get(metric))
-    for metric, value in sorted((run.get("floors") or {}).items()):
+    floors = dict(run.get("floors") or {})
+    if v1 and "local_majority_acc" in floors:  # the client prior's ACC is, by definition, this
+        floors.setdefault("client_prior_acc", floors["local_majority_acc"])
+    for metric, value in sorted(floors.items()):
         add("run", "floor", metric, value, split="test")
     for split, sizes in (("train", run.get("n_train")), ("test", run.get("n_test"))):
         for cid, n in enumerate(sizes or []):

@@ -12,21 +12,21 @@ rule train:
     output:
         run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
         timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
-    params:
-        train=FEDMIC_TRAIN,
-        root=DATA_ROOT,
-        config=run_config_json,
     log:
         f"{LOGS}/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/fedmic.yaml"
     threads: config.get("threads_per_run", 2)
     resources:
         gpu=1,
         runtime=train_runtime_min,
         mem_mb=train_mem_mb,
-    conda:
-        "../envs/fedmic.yaml"
+    params:
+        train=FEDMIC_TRAIN,
+        root=DATA_ROOT,
+        config=run_config_json,
     shell:
         "{params.train} --config {params.config:q} --partition {input.partition} --root {params.root}"
         " --threads {threads} --out {output.run} > {log} 2>&1"
