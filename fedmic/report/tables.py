@@ -13,7 +13,6 @@ clients' validation sets instead.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
