@@ -105,10 +105,20 @@ def _floor_line(ax, tidy_here: pd.DataFrame) -> None:
         ax.axhline(value, color="0.45", ls="--", lw=1.2, label=FLOOR_LABEL, zorder=1)
 
 
-def _layout(tidy: pd.DataFrame):
+def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
+    """The figure, its axes, and per panel: the axes, its title, the tidy rows of its setting,
+    and (arm, label, that arm's rows of ``curves``) for each arm there."""
     runs = v.runs(tidy)
     dim_cols = v.dims(runs)
-    return runs, dim_cols, panels(runs, dim_cols)
+    layout = panels(runs, dim_cols)
+    fig, axes = _subplots(layout)
+    out = []
+    for r, c, s in layout:
+        here = v.in_setting(curves, dim_cols, s)
+        arms = [(arm, runs.loc[runs["arm"] == arm, "label"].iloc[0], here[here["arm"] == arm])
+                for arm in v.arm_order(v.in_setting(runs, dim_cols, s))]
+        out.append((axes[r, c], setting_text(dim_cols, s), v.in_setting(tidy, dim_cols, s), arms))
+    return fig, axes, out
 
 
 # --------------------------------------------------------------------------- learning curves
@@ -118,23 +128,18 @@ def learning_curves_figure(tidy: pd.DataFrame):
     """Personalised test ACC vs round, one line per arm, one panel per setting."""
     from matplotlib.ticker import MaxNLocator
 
-    runs, dim_cols, layout = _layout(tidy)
-    curves = v.per_round(tidy, "personal", "acc")
     style = styles(tidy)
-    fig, axes = _subplots(layout)
-    for r, c, s in layout:
-        ax = axes[r, c]
-        here = v.in_setting(curves, dim_cols, s)
-        for arm in v.arm_order(v.in_setting(runs, dim_cols, s)):
-            st = _seed_stats(here[here["arm"] == arm], "round")
-            label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
+    fig, axes, panels_ = _arm_panels(tidy, v.per_round(tidy, "personal", "acc"))
+    for ax, title, tidy_here, arms in panels_:
+        for arm, label, sub in arms:
+            st = _seed_stats(sub, "round")
             _line(ax, st["round"], st["mean"], style[arm], label, len(st))
             band = st["n"] >= 2
             if band.any():
                 ax.fill_between(st["round"][band], (st["mean"] - st["std"])[band], (st["mean"] + st["std"])[band],
                                 color=style[arm]["color"], alpha=0.15, lw=0)
-        _floor_line(ax, v.in_setting(tidy, dim_cols, s))
-        ax.set_title(setting_text(dim_cols, s), fontsize=10)
+        _floor_line(ax, tidy_here)
+        ax.set_title(title, fontsize=10)
         ax.set(xlabel=ROUND_LABEL, ylabel=ACC_LABEL)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, lw=0.3, alpha=0.5)
@@ -154,16 +159,11 @@ def acc_vs_bytes_figure(tidy: pd.DataFrame):
     An arm that moves no bytes (Local) is a dotted horizontal line at its final ACC."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    runs, dim_cols, layout = _layout(tidy)
     curves = v.per_round(tidy, "personal", "acc").assign(mb=lambda d: d["cum_bytes"].astype(float) / 1e6)
     style = styles(tidy)
-    fig, axes = _subplots(layout)
-    for r, c, s in layout:
-        ax = axes[r, c]
-        here = v.in_setting(curves, dim_cols, s)
-        for arm in v.arm_order(v.in_setting(runs, dim_cols, s)):
-            sub = here[here["arm"] == arm]
-            label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
+    fig, axes, panels_ = _arm_panels(tidy, curves)
+    for ax, title, tidy_here, arms in panels_:
+        for arm, label, sub in arms:
             x, y = sub.groupby("round")["mb"].mean(), sub.groupby("round")["value"].mean()
             if not (x > 0).any():
                 if len(y) and np.isfinite(y.iloc[-1]):
@@ -171,14 +171,14 @@ def acc_vs_bytes_figure(tidy: pd.DataFrame):
                 continue
             keep = x > 0
             _line(ax, x[keep], y[keep], style[arm], label, int(keep.sum()))
-        _floor_line(ax, v.in_setting(tidy, dim_cols, s))
+        _floor_line(ax, tidy_here)
         ax.set_xscale("log")
         lo, hi = ax.get_xlim()
         # 1-2-5 ticks over up to two decades, one a decade beyond: labels never overlap
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(setting_text(dim_cols, s), fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.set(xlabel=BYTES_LABEL, ylabel=ACC_LABEL)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
     _finish(fig, axes, "Personalised test ACC vs communication (mean over seeds, evaluated rounds)")
