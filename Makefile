@@ -13,14 +13,15 @@ export FEDMIC_MEDMNIST_ROOT := $(MEDMNIST_ROOT)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	# medmnist without its dependencies: we read only its registry, and its hard torchvision
-	# requirement would pull a second, multi-GB torch build.
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm]"
+	# Reference for tests/test_data.py only: the carried MedMNIST registry is checked against
+	# medmnist's. --no-deps and last: its hard torchvision requirement would pull a second,
+	# multi-GB torch build, and fedmic itself never imports medmnist.
 	$(PY) -m pip install -q --no-deps "medmnist==3.0.2"
-	$(PY) -m pip install -q -e ".[test,slurm]"
 	touch $@
 
 # The demo's runs are small 1-thread jobs: one per core, even on a single GPU (--resources).

@@ -89,6 +89,11 @@ def cmd_figure(a):
     build_figure(a.name, a.inputs, a.out, root=a.root, target=a.target)
 
 
+def cmd_collect(a):
+    from .report import collect
+    collect(a.inputs, a.out, a.provenance, json.loads(a.config) if a.config else None, a.source)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fedmic", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -126,8 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("collect", help="write the tidy results file (a row per run, round and metric)")
+    p.add_argument("--inputs", nargs="+", required=True, help="run JSONs (timing sidecars are read beside them)")
+    p.add_argument("--out", required=True, help="results file: .csv.gz or .csv")
+    p.add_argument("--provenance", help="also write this provenance record (YAML)")
+    p.add_argument("--config", help="the resolved workflow configuration (JSON) for the record")
+    p.add_argument("--source", help="where the workflow came from (path @ commit, or its git URL)")
+    p.set_defaults(func=cmd_collect)
+
     for name, func in (("table", cmd_table), ("figure", cmd_figure)):
-        p = sub.add_parser(name, help=f"build one {name} from run JSONs or partition files")
+        p = sub.add_parser(name, help=f"build one {name} from a results file, run JSONs or partition files")
         p.add_argument("name")
         p.add_argument("--inputs", nargs="+", required=True)
         p.add_argument("--out", required=True, help="output stem (extensions are added)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import shutil
 import socket
 import threading
@@ -83,6 +84,33 @@ def test_registry_matches_shared_file(shared):
     assert info.md5(224) != info.md5(28)
     with pytest.raises(ValueError, match="size"):
         info.url(32)
+
+
+def medmnist_info() -> dict:
+    """medmnist's own registry, read from its info.py (importing the package would pull
+    torchvision); skipped where medmnist is not installed (`make install` installs it)."""
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None:
+        pytest.skip("medmnist not installed: the carried registry cannot be cross-checked")
+    path = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+    info_spec = importlib.util.spec_from_file_location("_medmnist_info", path)
+    module = importlib.util.module_from_spec(info_spec)
+    info_spec.loader.exec_module(module)
+    return module.INFO
+
+
+def test_carried_registry_matches_medmnist_info():
+    """Every 2D dataset, with every URL, MD5, label, size and channel count, as medmnist has it."""
+    info = {flag: meta for flag, meta in medmnist_info().items() if not meta["python_class"].endswith("3D")}
+    assert available_datasets() == list(info)
+    for flag, meta in info.items():
+        ours = dataset_info(flag)
+        assert ours.name == meta["python_class"]
+        assert (ours.task, ours.n_channels, ours.n_samples) == (meta["task"], meta["n_channels"], meta["n_samples"])
+        assert ours.label_names == [meta["label"][k] for k in sorted(meta["label"], key=int)]
+        for size in (28, 64, 128, 224):
+            suffix = "" if size == 28 else f"_{size}"
+            assert (ours.url(size), ours.md5(size)) == (meta[f"url{suffix}"], meta[f"MD5{suffix}"]), (flag, size)
 
 
 def test_unknown_flag_lists_choices_and_3d_excluded():

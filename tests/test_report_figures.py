@@ -1,127 +1,103 @@
-"""Figures from the synthetic run JSONs of test_report_tables (known values)."""
-
+"""Figures over the tidy results frame, from hand-made run JSONs (tests/runfixtures.py)."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import matplotlib
 
-from fedmic.report import build_figure
-from fedmic.report.figures import (
-    ACC_LABEL,
-    FLOOR_LABEL,
-    RANK_LABEL,
-    ROUND_LABEL,
-    UPLINK_LABEL,
-    acc_vs_bytes_figure,
-    learning_curves_figure,
-    svd_ranks_figure,
-)
-from fedmic.report.runs import load_runs
+matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # after fedmic.report, which selects the Agg backend
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from runfixtures import write_run  # noqa: E402
 
-from test_report_tables import main_runs, write_run
+from fedmic.report import build_figure, figures, tidy  # noqa: E402
+
+ARMS = ("local", "fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "moon", "fml", "fedkd", "fedproto", "fedmic")
 
 
-@pytest.fixture()
-def runs(tmp_path):
-    folder = tmp_path / "runs"
-    folder.mkdir()
-    return main_runs(folder)
-
-
-def _panels(fig):
-    return {ax.get_title(): ax for ax in fig.axes if ax.axison}
-
-
-def _lines(ax):
+def lines_by_label(ax) -> dict:
     return {ln.get_label(): ln for ln in ax.get_lines()}
 
 
-def test_learning_curves(runs):
-    fig = learning_curves_figure(load_runs(runs))
-    try:
-        panels = _panels(fig)
-        assert set(panels) == {"BloodMNIST, λ=0.1", "BloodMNIST, λ=0.5"}
-        ax = panels["BloodMNIST, λ=0.1"]
-        assert ax.get_xlabel() == ROUND_LABEL and ax.get_ylabel() == ACC_LABEL
-        lines = _lines(ax)
-        assert set(lines) == {"Local", "FedAvg", "FedMIC", FLOOR_LABEL}
-        # every seed of FedAvg has accs 0.5..0.8 at rounds 1..4: the mean is that curve
-        x, y = lines["FedAvg"].get_data()
-        assert list(x) == [1, 2, 3, 4] and np.allclose(y, [0.5, 0.6, 0.7, 0.8])
-        assert np.allclose(lines[FLOOR_LABEL].get_ydata(), 0.6)
-        # λ=0.5 holds FedAvg only
-        assert set(_lines(panels["BloodMNIST, λ=0.5"])) == {"FedAvg", FLOOR_LABEL}
-        assert fig.legends, "figure legend missing"
-    finally:
-        plt.close(fig)
+@pytest.fixture
+def twelve(tmp_path):
+    """Every method on one setting, FedMIC last; FedMIC and FedKD record ranks."""
+    paths = []
+    for i, m in enumerate(ARMS):
+        kw = {"ranks": {"encoder.conv2.weight": [10, 9, 8, 7], "head.fc.weight": [5, 5, 4, 4]}} \
+            if m in ("fedmic", "fedkd") else {}
+        up = (0, 0) if m == "local" else (1000 + 10 * i, 1000)
+        paths.append(write_run(tmp_path, m, method=m, accs=(0.5, 0.6, 0.7, 0.6 + 0.01 * i), up=up,
+                               down=up, **kw))
+    return tidy.collect(paths)
 
 
-def test_learning_curves_band_is_std_over_seeds(tmp_path):
-    paths = [write_run(tmp_path, f"s{s}", method="fedavg", seed=s, accs=(0.5 + 0.1 * s, 0.6))
-             for s in range(3)]
-    fig = learning_curves_figure(load_runs(paths))
-    try:
-        ax = _panels(fig)["BloodMNIST, λ=0.1"]
-        band = ax.collections[0].get_paths()[0].vertices
-        # round 1: accs 0.5, 0.6, 0.7 -> mean 0.6, std (ddof=1) 0.1
-        at1 = band[np.isclose(band[:, 0], 1.0), 1]
-        assert np.allclose(sorted(set(np.round(at1, 9))), [0.5, 0.7])
-    finally:
-        plt.close(fig)
+def test_every_arm_has_its_own_colour_and_marker_and_fedmic_stands_out(twelve):
+    fig = figures.learning_curves_figure(twelve)
+    ax = fig.axes[0]
+    lines = lines_by_label(ax)
+    arms = [lab for lab in lines if lab != figures.FLOOR_LABEL]
+    assert len(arms) == 12
+    colours = [matplotlib.colors.to_hex(lines[a].get_color()) for a in arms]
+    markers = [lines[a].get_marker() for a in arms]
+    assert len(set(colours)) == 12 and len(set(markers)) == 12
+    mic = lines["FedMIC"]
+    assert mic.get_linewidth() > max(lines[a].get_linewidth() for a in arms if a != "FedMIC")
+    assert mic.get_zorder() > max(lines[a].get_zorder() for a in arms if a != "FedMIC")
+    assert matplotlib.colors.to_hex(mic.get_color()) == "#000000"
+    floor = lines[figures.FLOOR_LABEL]
+    assert floor.get_linestyle() == "--" and floor.get_ydata()[0] == pytest.approx(0.6)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[-1] == figures.FLOOR_LABEL and "FedMIC" in legend
 
 
-def test_acc_vs_bytes(runs):
-    fig = acc_vs_bytes_figure(load_runs(runs))
-    try:
-        ax = _panels(fig)["BloodMNIST, λ=0.1"]
-        assert ax.get_xscale() == "log"
-        assert ax.get_xlabel() == UPLINK_LABEL and ax.get_ylabel() == ACC_LABEL
-        lines = _lines(ax)
-        # Local sends nothing: a horizontal line at its last accuracy, not a point at 0 on log x
-        assert set(lines) == {"FedAvg", "FedMIC", "Local (no uplink)"}
-        x, y = lines["FedAvg"].get_data()
-        # 2000 bytes uplink per round
-        assert np.allclose(x, [0.002, 0.004, 0.006, 0.008]) and np.allclose(y, [0.5, 0.6, 0.7, 0.8])
-        assert np.allclose(lines["Local (no uplink)"].get_ydata(), 0.6)
-    finally:
-        plt.close(fig)
+def test_panels_are_the_settings_that_exist(tmp_path):
+    # PneumoniaMNIST at λ 0.1 and 0.5, BreastMNIST (another partition scheme) at λ 0.1 only
+    paths = [write_run(tmp_path, "p1", lam=0.1), write_run(tmp_path, "p5", lam=0.5),
+             write_run(tmp_path, "b1", dataset="breastmnist", scheme="dirichlet_client", lam=0.1)]
+    fig = figures.learning_curves_figure(tidy.collect(paths))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["PneumoniaMNIST, λ=0.1", "PneumoniaMNIST, λ=0.5", "BreastMNIST, λ=0.1"]
+    assert all(ax.has_data() for ax in fig.axes)  # no empty panel anywhere
+    # complete: datasets as rows, λ as columns
+    paths.append(write_run(tmp_path, "b5", dataset="breastmnist", scheme="dirichlet_client", lam=0.5))
+    fig = figures.acc_vs_bytes_figure(tidy.collect(paths))
+    assert len(fig.axes) == 4 and all(ax.has_data() for ax in fig.axes)
+    grid = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax.get_title() for ax in fig.axes}
+    assert grid[(1, 1)] == "BreastMNIST, λ=0.5"
 
 
-def test_svd_ranks(runs):
-    fig = svd_ranks_figure(load_runs(runs))
-    try:
-        panels = _panels(fig)
-        # only FedMIC records ranks
-        assert list(panels) == ["FedMIC: BloodMNIST, λ=0.1"]
-        ax = panels["FedMIC: BloodMNIST, λ=0.1"]
-        assert ax.get_xlabel() == ROUND_LABEL and ax.get_ylabel() == RANK_LABEL
-        lines = _lines(ax)
-        assert set(lines) == {"encoder.conv2", "encoder.conv2 (broadcast)", "head.fc",
-                              "head.fc (broadcast)"}
-        assert np.allclose(lines["encoder.conv2"].get_ydata(), [10, 9, 8, 7])
-        assert np.allclose(lines["head.fc (broadcast)"].get_ydata(), [4, 4, 3, 3])
-    finally:
-        plt.close(fig)
+def test_learning_curve_band_is_std_over_seeds(tmp_path):
+    paths = [write_run(tmp_path, f"s{s}", seed=s, accs=(a, a)) for s, a in ((0, 0.5), (1, 0.7))]
+    fig = figures.learning_curves_figure(tidy.collect(paths))
+    ax = fig.axes[0]
+    assert np.allclose(lines_by_label(ax)["FedAvg"].get_ydata(), [0.6, 0.6])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.6 - np.std([0.5, 0.7], ddof=1))
 
 
-def test_svd_ranks_without_ranks_explains_itself(tmp_path):
-    fig = svd_ranks_figure(load_runs([write_run(tmp_path, "a", method="fedavg")]))
-    try:
-        assert "No run" in fig.axes[0].texts[0].get_text()
-    finally:
-        plt.close(fig)
+def test_acc_vs_bytes_counts_both_directions_and_draws_local_flat(twelve):
+    ax = figures.acc_vs_bytes_figure(twelve).axes[0]
+    lines = lines_by_label(ax)
+    # FedAvg: 2000 B up + 2000 B down per round, cumulative, in MB
+    assert np.allclose(lines["FedAvg"].get_xdata(), [0.00402 * r for r in (1, 2, 3, 4)])
+    assert "Local (no bytes)" in lines and lines["Local (no bytes)"].get_linestyle() == ":"
+    assert ax.get_xscale() == "log"
+
+
+def test_svd_ranks_one_panel_per_arm_that_records_ranks(twelve, tmp_path):
+    fig = figures.svd_ranks_figure(twelve)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["FedKD", "FedMIC"]
+    lines = lines_by_label(fig.axes[1])
+    assert list(lines["encoder.conv2"].get_ydata()) == [10, 9, 8, 7]
+    assert list(lines["head.fc (broadcast)"].get_ydata()) == [4, 4, 3, 3]
+    none = figures.svd_ranks_figure(tidy.collect([write_run(tmp_path, "avg")]))
+    assert "No run" in none.axes[0].texts[0].get_text()
 
 
 @pytest.mark.parametrize("name", ["learning_curves", "acc_vs_bytes", "svd_ranks"])
-def test_build_figure_writes_png_and_pdf(runs, tmp_path, name):
-    out = build_figure(name, runs, tmp_path / "fig" / name)
-    assert sorted(p.suffix for p in out) == [".pdf", ".png"]
-    assert all(p.stat().st_size > 1000 for p in out)
-    assert out[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_unknown_figure(runs, tmp_path):
+def test_build_figure_from_a_results_file_writes_png_and_pdf(twelve, tmp_path, name):
+    results = tidy.write(twelve, tmp_path / "results.csv.gz")
+    out = build_figure(name, [results], tmp_path / name)
+    assert [p.suffix for p in out] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in out)
     with pytest.raises(ValueError, match="unknown figure"):
-        build_figure("nope", runs, tmp_path / "x")
+        build_figure("nope", [results], tmp_path / "x")

@@ -1,437 +1,311 @@
-"""Tables T2-T9 from synthetic run JSONs with known values (and T1 dispatch on real labels)."""
-
+"""The tidy results file and tables T2-T9 over it, from hand-made run JSONs (tests/runfixtures.py)."""
 from __future__ import annotations
 
+import gzip
 import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from runfixtures import prior_floors, write_run
 
-from fedmic.config import RunConfig
-from fedmic.engine import timing_path
-from fedmic.report import build_figure, build_table
-from fedmic.report.runs import bytes_to_target, load_runs
-from fedmic.report.tables import (
-    TARGET_FRACTION,
-    default_target,
-    t2_table,
-    t3_table,
-    t4_table,
-    t5_table,
-    t6_table,
-    t7_table,
-    t8_table,
-    t9_table,
-)
+from fedmic.report import build_table, tables, tidy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 
-# --------------------------------------------------------------------------- synthetic runs
+
+def md_rows(path: Path) -> list[list[str]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")][2:]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
 
 
-def run_config(method: str, arm: str | None = None, hp: dict | None = None, **kw) -> dict:
-    """A real RunConfig's science() dict; methods the registry cannot build here (or made-up
-    ones) reuse FedAvg's fields with their own name and hp."""
-    base = dict(dataset="bloodmnist", lam=0.1, clients=2, rounds=4, progress=False)
-    base.update(kw)
-    if method in ("fedavg", "fedmic"):
-        return RunConfig(method=method, arm=arm, hp=hp or {}, **base).science()
-    cfg = RunConfig(method="fedavg", **base).science()
-    cfg.update(method=method, arm=arm or method, hp=dict(hp or {}))
-    return cfg
+def row(t: tables.Table, **match) -> pd.Series:
+    df = t.df
+    for k, val in match.items():
+        df = df[df[k] == val]
+    assert len(df) == 1, (match, t.df)
+    return df.iloc[0]
 
 
-def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | None = None,
-              hp: dict | None = None, accs=(0.5, 0.6, 0.7, 0.8), acc: float = 0.8,
-              auc: float | None = 0.9, up=(1000, 1000), down=(500, 500), floors=(0.6, 0.3),
-              glob: dict | None = None, ranks: dict | None = None, params=(100, None),
-              timing: list | None = None, rss: float = 512.0, eval_every: int = 1,
-              valsel_acc: float | None = None, acc_std: float = 0.1, worst: float = 0.4,
-              **cfg_kw) -> Path:
-    """A fedmic-run/2 JSON with known values. Each round moves sum(up) + sum(down) bytes;
-    rounds whose number is a multiple of eval_every carry an eval with accs[round-1]."""
-    cfg = run_config(method, arm, hp, **cfg_kw)
-    history = []
-    for i, a in enumerate(accs, start=1):
-        h = {"round": i, "sampled": list(range(len(up))), "dropped": [], "skipped": [],
-             "aggregated": len(up), "uplink_bytes": list(up), "downlink_bytes": list(down),
-             "train_loss": 1.0 / i, "upload_ranks": {}, "broadcast_ranks": {}}
-        if ranks:
-            h["upload_ranks"] = {k: float(v[i - 1]) for k, v in ranks.items()}
-            h["broadcast_ranks"] = {k: int(v[i - 1]) - 1 for k, v in ranks.items()}
-        if i % eval_every == 0 or i == len(accs):
-            ev = {"personal": {"test": {"acc": a, "auc": 0.5 + a / 2, "f1": a, "n": 100},
-                               "val": {"acc": a, "auc": 0.5, "f1": a, "n": 50}}}
-            if glob:
-                ev["global"] = {"test": {"acc": glob["acc"], "auc": glob["auc"], "f1": 0.5, "n": 1000},
-                                "val": {"acc": glob["acc"], "auc": 0.5, "f1": 0.5, "n": 500}}
-            h["eval"] = ev
-        history.append(h)
-    personal = {"acc": acc, "auc": auc, "f1": acc, "acc_mean": acc, "acc_std": acc_std,
-                "acc_worst_decile": worst, "auc_mean": auc}
-    summary = {"uplink_per_round": float(sum(up)), "downlink_per_round": float(sum(down)),
-               "uplink_total": sum(up) * len(accs), "downlink_total": sum(down) * len(accs),
-               "dropped_total": 0, "skipped_total": 0, "personal": personal,
-               "personal_valsel": {**personal, "acc": valsel_acc if valsel_acc is not None else acc,
-                                   "round": len(accs)}}
-    if glob:
-        summary["global"] = {"acc": glob["acc"], "auc": glob["auc"], "f1": 0.5}
-        summary["global_valsel"] = {"acc": glob["acc"], "auc": glob["auc"], "f1": 0.5, "round": 1}
-    p = {"shared": params[0]}
-    if params[1] is not None:
-        p["personal"] = params[1]
-    run = {"format": "fedmic-run/2", "config": cfg, "env": {"device": "cpu"},
-           "partition": {"file": "p.json", "redraws": 0},
-           "floors": {"local_majority_acc": floors[0], "global_majority_acc": floors[1]},
-           "n_train": [50] * cfg["clients"], "history": history, "summary": summary, "params": p}
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(run))
-    if timing is not False:
-        rounds = [{"round": i, "train_s": t, "eval_s": 0.1}
-                  for i, t in enumerate(timing or [1.0] * len(accs), start=1)]
-        timing_path(path).write_text(json.dumps({"rounds": rounds, "peak_rss_mb": rss, "env": {}}))
-    return path
+# --------------------------------------------------------------------------- the tidy file
 
 
-def main_runs(folder: Path) -> list[Path]:
-    """λ=0.1: FedAvg and FedMIC with 3 seeds, Local (no global model, no bytes, no timing
-    file, one seed's AUC undefined) with 2 seeds; λ=0.5: FedAvg only, one seed."""
-    paths = []
-    for seed, a in enumerate((0.70, 0.72, 0.74)):
-        paths.append(write_run(folder, f"fedavg_s{seed}", method="fedavg", seed=seed, acc=a,
-                               auc=0.80 + 0.01 * seed, glob={"acc": 0.65, "auc": 0.85},
-                               up=(1000, 1000), down=(500, 500), params=(100, None),
-                               timing=[2.0, 4.0, 2.0, 4.0], rss=500.0 + seed))
-    for seed, a in enumerate((0.80, 0.83, 0.86)):
-        paths.append(write_run(folder, f"fedmic_s{seed}", method="fedmic", seed=seed, acc=a,
-                               auc=0.90, glob={"acc": 0.55, "auc": 0.75}, up=(250, 250),
-                               down=(300, 300), params=(100, 120),
-                               ranks={"encoder.conv2.weight": [10, 9, 8, 7], "head.fc.weight": [5, 5, 4, 4]},
-                               timing=[1.0] * 4, rss=600.0))
-    for seed, a in enumerate((0.60, 0.64)):
-        paths.append(write_run(folder, f"local_s{seed}", method="local", seed=seed, acc=a,
-                               auc=None if seed == 1 else 0.7, up=(0, 0), down=(0, 0),
-                               params=(0, 100), timing=False, accs=(0.6, 0.6, 0.6, 0.6)))
-    paths.append(write_run(folder, "fedavg_lam05", method="fedavg", lam=0.5, acc=0.9,
-                           glob={"acc": 0.9, "auc": 0.95}, floors=(0.5, 0.2)))
-    return paths
+def test_collect_one_row_per_run_round_and_metric(tmp_path):
+    p = write_run(tmp_path, "a", accs=(0.5, 0.7), gaccs=(0.6, 0.65), up=(100, 300), down=(50, 50))
+    df = tidy.collect([p, p.with_suffix(".timing.json")])
+    assert list(df.columns) == tidy.COLUMNS
+    assert set(df[["dataset", "lam", "clients", "join_ratio", "arm", "method", "seed"]].drop_duplicates()
+               .itertuples(index=False, name=None)) == {("pneumoniamnist", 0.1, 3, 1.0, "fedavg", "fedavg", 0)}
+    acc = df[(df["select"] == "round") & (df["scope"] == "personal") & (df["split"] == "test") & (df["metric"] == "acc")]
+    assert acc["round"].tolist() == [1, 2] and acc["value"].tolist() == [0.5, 0.7]
+    # bytes of that round over the sampled clients, and through it
+    assert acc["uplink_bytes"].tolist() == [400, 400] and acc["cum_uplink_bytes"].tolist() == [400, 800]
+    assert acc["cum_downlink_bytes"].tolist() == [100, 200]
+    g = df[(df["select"] == "round") & (df["scope"] == "global") & (df["split"] == "test") & (df["metric"] == "acc")]
+    assert g["value"].tolist() == [0.6, 0.65]
+    per_client = df[(df["select"] == "last") & df["client"].notna() & (df["metric"] == "acc")]
+    assert per_client["client"].tolist() == [0, 1, 2]
+    floor = df[(df["scope"] == "floor") & (df["metric"] == "client_prior_acc")]
+    assert floor["value"].tolist() == [0.6] and floor["select"].tolist() == ["run"]
+    cost = df[(df["scope"] == "cost") & (df["metric"] == "train_s_per_client")]
+    assert cost["value"].tolist() == [0.5]  # 1 s per round over 2 sampled clients
+    # no metric is a list: per-client values have a client number instead
+    assert df["value"].map(lambda x: isinstance(x, float)).all()
 
 
-# --------------------------------------------------------------------------- reading tables
+def test_results_file_round_trips_and_is_byte_stable(tmp_path):
+    paths = [write_run(tmp_path, f"s{s}", seed=s, gaccs=(0.6,) * 4) for s in range(2)]
+    df = tidy.collect(paths)
+    a = tidy.write(df, tmp_path / "r1.csv.gz")
+    b = tidy.write(tidy.collect(paths), tmp_path / "r2.csv.gz")
+    assert a.read_bytes() == b.read_bytes()  # gzip without a timestamp
+    back = tidy.read(a)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    # what a researcher types
+    assert len(pd.read_csv(a)) == len(df)
+    assert gzip.decompress(a.read_bytes()).decode().splitlines()[0].split(",") == tidy.COLUMNS
 
 
-def read_md(path: Path) -> list[dict]:
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = []
-    for ln in lines[2:]:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows.append(dict(zip(header, cells)))
-    return rows
-
-
-def row_of(rows: list[dict], **match) -> dict:
-    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-    assert len(found) == 1, (match, rows)
-    return found[0]
-
-
-def strip_bold(s: str) -> str:
-    return s[2:-2] if s.startswith("**") and s.endswith("**") else s
-
-
-@pytest.fixture()
-def runs_dir(tmp_path):
-    folder = tmp_path / "runs"
-    folder.mkdir()
-    return folder
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def test_load_runs_labels_dims_and_sidecars(runs_dir):
-    paths = main_runs(runs_dir)
-    # Snakemake may pass the timing sidecars too: they are not runs
-    df = load_runs(paths + [timing_path(paths[0])])
-    assert len(df) == len(paths)
-    assert set(df["label"]) == {"FedAvg", "FedMIC", "Local"}
-    assert df.attrs["dims"] == ["dataset", "lam"]
-    fa = df[(df["label"] == "FedAvg") & (df["lam"] == 0.1)].sort_values("seed")
-    # train time per sampled client: rounds alternate 2 s and 4 s over 2 clients
-    assert fa["train_s_per_client"].tolist() == pytest.approx([1.5, 1.5, 1.5])
-    loc = df[df["label"] == "Local"]
-    assert loc["train_s_per_client"].isna().all() and loc["g_acc"].isna().all()
-    assert not loc["has_global"].any()
-
-
-def test_same_arm_different_hp_gets_distinct_labels(runs_dir):
-    write_run(runs_dir, "a", method="fedmic")
-    write_run(runs_dir, "b", method="fedmic", hp={"tau": 4.0})
-    df = load_runs(sorted(runs_dir.glob("?.json")))
-    assert sorted(df["label"]) == ["FedMIC", "FedMIC (tau=4)"]
-
-
-def test_duplicate_arm_setting_seed_is_an_error(runs_dir):
-    write_run(runs_dir, "a", method="fedavg")
-    write_run(runs_dir, "b", method="fedavg")
-    with pytest.raises(ValueError, match="share one arm, setting and seed"):
-        load_runs([runs_dir / "a.json", runs_dir / "b.json"])
-
-
-def test_not_a_run_json_is_rejected(tmp_path):
-    p = tmp_path / "x.json"
-    p.write_text(json.dumps({"format": "fedmic-partition/1"}))
+def test_same_run_twice_and_foreign_files_are_errors(tmp_path):
+    a = write_run(tmp_path, "a")
+    b = write_run(tmp_path, "b")  # same arm, setting and seed
+    with pytest.raises(ValueError, match="same run"):
+        tidy.collect([a, b])
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"format": "something"}))
     with pytest.raises(ValueError, match="not a run JSON"):
-        load_runs([p])
+        tidy.collect([bad])
+    csv = tmp_path / "x.csv"
+    csv.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="fedmic collect"):
+        tidy.read(csv)
+
+
+def test_format_1_runs_keep_their_pooled_auc_as_pooled(tmp_path):
+    p = write_run(tmp_path, "old")
+    run = json.loads(p.read_text())
+    run["format"] = "fedmic-run/1"
+    run["summary"]["personal"] = {"acc": 0.8, "auc": 0.93, "f1": 0.7, "auc_client_mean": 0.6}
+    p.write_text(json.dumps(run))
+    t = tables.t2_table(tidy.collect([p]))
+    r = row(t, method="FedAvg")
+    assert r["AUC"] == "n/a" and r["AUC pooled"] == "0.930"
 
 
 # --------------------------------------------------------------------------- T2
 
 
-def test_t2_means_stds_bold_floors_and_na(runs_dir, tmp_path):
-    paths = main_runs(runs_dir)
-    out = build_table("t2", paths, tmp_path / "t2")
-    assert [p.suffix for p in out] == [".csv", ".md", ".tex"]
-    rows = read_md(tmp_path / "t2.md")
-    col = "BloodMNIST, λ=0.1"
-    fedavg, fedmic, local = (row_of(rows, method=m) for m in ("FedAvg", "FedMIC", "Local"))
-    # std over seeds with ddof=1 (ddof=0 would print 0.016 and 0.024)
-    assert fedavg[f"{col} ACC"] == "0.720 ± 0.020"
-    assert fedmic[f"{col} ACC"] == "**0.830 ± 0.030**"
-    assert fedmic[f"{col} ΔACC"] == "**+0.230 ± 0.030**"
-    assert fedavg[f"{col} ΔACC"] == "+0.120 ± 0.020"
-    assert local[f"{col} ΔACC"] == "+0.020 ± 0.028"
-    # one seed's AUC undefined: n/a, never a number, never bold
-    assert local[f"{col} AUC"] == "n/a"
-    assert fedmic[f"{col} AUC"] == "**0.900 ± 0.000**"
-    # one seed prints the mean alone; an arm not run in a setting prints "–"
-    assert fedavg["BloodMNIST, λ=0.5 ACC"] == "**0.900**"
-    assert fedmic["BloodMNIST, λ=0.5 ACC"] == "–"
-    floor = row_of(rows, method="local-majority floor")
-    assert floor[f"{col} ACC"] == "0.600" and floor["BloodMNIST, λ=0.5 ACC"] == "0.500"
-    assert row_of(rows, method="global-majority floor")[f"{col} ACC"] == "0.300"
-    # arms first in registry order, floors last
-    assert [r["method"] for r in rows] == ["Local", "FedAvg", "FedMIC", "local-majority floor",
-                                          "global-majority floor"]
-    csv = pd.read_csv(tmp_path / "t2.csv")
-    assert csv.loc[csv["method"] == "FedMIC", f"{col} ACC [value]"].item() == pytest.approx(0.83)
-    tex = (tmp_path / "t2.tex").read_text()
-    assert r"\textbf{0.830 $\pm$ 0.030}" in tex
+def test_t2_client_prior_floor_of_a_hand_made_partition_and_margins_run_by_run(tmp_path):
+    # seed 0: client 0 trains on 0,0,1 (prior: class 0) and tests on 0,1; client 1 trains on
+    # 1,1 and tests on 1,1,1 (one class: no AUC); client 2 trains on 0,1,1 and tests on 0,1,1,1
+    floors0 = prior_floors([[0, 0, 1], [1, 1], [0, 1, 1]], [[0, 1], [1, 1, 1], [0, 1, 1, 1]])
+    assert floors0["client_prior_acc"] == pytest.approx(7 / 9) and floors0["auc_clients"] == 2
+    # seed 1: another partition, another floor
+    floors1 = prior_floors([[0, 0], [0, 1, 1], [0]], [[0, 0, 1], [1, 1], [0, 1]])
+    assert floors1["client_prior_acc"] == pytest.approx(5 / 7)
+    paths = [write_run(tmp_path, f"avg{s}", seed=s, acc=a, f1=0.6, floors=f)
+             for s, a, f in ((0, 0.85, floors0), (1, 0.80, floors1))]
+    t = tables.t2_table(tidy.collect(paths))
+    floor = row(t, method="client-prior floor")
+    f_acc = [floors0["client_prior_acc"], floors1["client_prior_acc"]]
+    assert floor["ACC"] == tables.mean_std(f_acc)
+    assert floor["AUC"] == "0.500 ± 0.000" and floor["AUC clients"] == "2/3"
+    assert floor["F1"] == tables.mean_std([floors0["client_prior_f1"], floors1["client_prior_f1"]])
+    avg = row(t, method="FedAvg")
+    # margin of each run over its own partition's floor, then mean ± std over seeds
+    assert avg["ΔACC"] == "+" + tables.mean_std([0.85 - f_acc[0], 0.80 - f_acc[1]])
+    assert avg["ΔAUC"] == "+0.400 ± 0.000" and avg["ΔF1"].startswith("+")
+    glob = row(t, method="global-majority floor")
+    assert glob["ACC"] == tables.mean_std([floors0["global_majority_acc"], floors1["global_majority_acc"]])
+    # floors are references: never bold, even where higher
+    md = (t.write(tmp_path / "t2")[1]).read_text()
+    assert f"**{floor['ACC']}**" not in md
 
 
-def test_t2_floor_is_not_bold_even_when_highest(runs_dir, tmp_path):
-    write_run(runs_dir, "a", method="fedavg", acc=0.5, floors=(0.9, 0.3))
-    t = t2_table(load_runs([runs_dir / "a.json"]))
-    t.write(tmp_path / "t")
-    rows = read_md(tmp_path / "t.md")
-    assert row_of(rows, method="local-majority floor")["BloodMNIST, λ=0.1 ACC"] == "0.900"
-    assert row_of(rows, method="FedAvg")["BloodMNIST, λ=0.1 ACC"] == "**0.500**"
+def test_t2_headline_auc_is_per_client_and_pooled_is_secondary(tmp_path):
+    # pooled predictions of a label-skewed federation can score far above the per-client AUC
+    p = write_run(tmp_path, "a", auc=0.62, auc_pooled=0.91)
+    r = row(tables.t2_table(tidy.collect([p])), method="FedAvg")
+    assert (r["AUC"], r["AUC pooled"]) == ("0.620", "0.910")
+    assert r["AUC [value]"] == pytest.approx(0.62)
 
 
-def test_t2_valsel_uses_validation_selected_values(runs_dir, tmp_path):
-    write_run(runs_dir, "a", method="fedavg", acc=0.5, valsel_acc=0.55)
-    build_table("t2_valsel", [runs_dir / "a.json"], tmp_path / "t")
-    rows = read_md(tmp_path / "t.md")
-    assert row_of(rows, method="FedAvg")["BloodMNIST, λ=0.1 ACC"] == "**0.550**"
-    assert "validation" in (tmp_path / "t.md").read_text()
+def fedmic_vs_baselines(tmp_path, mic_gain: list[float]) -> list[Path]:
+    """3 seeds x 3 clients; FedProx is the best baseline, FedMIC = FedProx + mic_gain per pair."""
+    paths, base = [], [[0.70, 0.72, 0.75], [0.71, 0.69, 0.74], [0.73, 0.70, 0.76]]
+    for s in range(3):
+        prox = base[s]
+        paths.append(write_run(tmp_path, f"avg{s}", seed=s, acc=0.6, client_acc=[0.6] * 3))
+        paths.append(write_run(tmp_path, f"prox{s}", method="fedprox", seed=s, acc=sum(prox) / 3, client_acc=prox))
+        mic = [a + g for a, g in zip(prox, mic_gain[3 * s:3 * s + 3])]
+        paths.append(write_run(tmp_path, f"mic{s}", method="fedmic", seed=s, acc=sum(mic) / 3, client_acc=mic))
+    return paths
 
 
-# --------------------------------------------------------------------------- T3 / T7
+def test_t2_marks_fedmic_beyond_noise_against_the_best_baseline(tmp_path):
+    from scipy.stats import wilcoxon
+
+    gain = [0.02, 0.03, 0.01, 0.04, 0.02, 0.05, 0.03, 0.01, 0.02]
+    t = tables.t2_table(tidy.collect(fedmic_vs_baselines(tmp_path, gain)))
+    assert row(t, method="FedProx")["FedMIC vs best baseline"] == "best baseline"
+    assert row(t, method="FedAvg")["FedMIC vs best baseline"] == ""
+    p = wilcoxon([g + 1 for g in gain], [1.0] * 9).pvalue
+    assert row(t, method="FedMIC")["FedMIC vs best baseline"] == f"higher, p={p:.2g}, n=9"
+    assert p < 0.05 and "Wilcoxon signed-rank" in t.caption and "9 pairs" in t.caption
 
 
-def test_t3_join_ratio_columns(runs_dir, tmp_path):
-    paths = []
-    for j, accs in ((0.5, (0.60, 0.62)), (1.0, (0.70, 0.74))):
-        for s, a in enumerate(accs):
-            paths.append(write_run(runs_dir, f"fa_{j}_{s}", method="fedavg", join_ratio=j, seed=s, acc=a))
-        paths.append(write_run(runs_dir, f"fm_{j}", method="fedmic", join_ratio=j, acc=0.65))
-    t3_table(load_runs(paths)).write(tmp_path / "t3")
-    rows = read_md(tmp_path / "t3.md")
-    fa = row_of(rows, method="FedAvg")
-    fm = row_of(rows, method="FedMIC")
-    assert fa["join ratio 0.5"] == "0.610 ± 0.014" and fm["join ratio 0.5"] == "**0.650**"
-    assert fa["join ratio 1"] == "**0.720 ± 0.028**" and fm["join ratio 1"] == "0.650"
-    assert row_of(rows, method="local-majority floor")["join ratio 1"] == "0.600"
+def test_t2_paired_test_says_not_significant_for_noise(tmp_path):
+    gain = [0.02, -0.03, 0.01, -0.01, 0.02, -0.02, 0.03, -0.02, 0.0]
+    t = tables.t2_table(tidy.collect(fedmic_vs_baselines(tmp_path, gain)))
+    text = row(t, method="FedMIC")["FedMIC vs best baseline"]
+    assert text.startswith("n.s., p=") and text.endswith("n=9")
 
 
-def test_t7_clients_columns_bold_within_setting(runs_dir, tmp_path):
-    paths = [write_run(runs_dir, f"a{k}{lam}", method="fedavg", clients=k, lam=lam, acc=0.5 + k / 100)
-             for k in (10, 20) for lam in (0.1, 0.5)]
-    paths += [write_run(runs_dir, f"m{lam}", method="fedmic", clients=10, lam=lam, acc=0.4 + lam)
-              for lam in (0.1, 0.5)]
-    t7_table(load_runs(paths)).write(tmp_path / "t7")
-    rows = read_md(tmp_path / "t7.md")
-    # λ=0.1: FedAvg 0.60 beats FedMIC 0.50 at K=10; λ=0.5: FedMIC 0.90 beats 0.60
-    assert row_of(rows, **{"λ": "0.1", "method": "FedAvg"})["K=10"] == "**0.600**"
-    assert row_of(rows, **{"λ": "0.5", "method": "FedMIC"})["K=10"] == "**0.900**"
-    assert row_of(rows, **{"λ": "0.5", "method": "FedAvg"})["K=10"] == "0.600"
-    assert row_of(rows, **{"λ": "0.1", "method": "FedMIC"})["K=20"] == "–"
+def test_t2_fedavg_bn_sits_beside_fedbn_in_config_order(tmp_path):
+    paths = [write_run(tmp_path, a, method=m, arm=a, model=model) for a, m, model in
+             (("fedavg", "fedavg", "cnn"), ("fedbn", "fedbn", "cnn_bn"), ("fedavg-bn", "fedavg", "cnn_bn"),
+              ("fedmic", "fedmic", "cnn"))]
+    t = tables.t2_table(tidy.collect(paths))
+    assert t.df["method"].tolist()[:4] == ["FedAvg", "FedBN", "FedAvg-bn", "FedMIC"]
 
 
 # --------------------------------------------------------------------------- T4
 
 
+def comm_runs(tmp_path, fedavg_g=(0.60, 0.70, 0.80, 0.90), floor=0.55) -> list[Path]:
+    f = {"global_majority_acc": floor, "client_prior_acc": 0.6}
+    return [
+        write_run(tmp_path, "avg", gaccs=fedavg_g, up=(1000, 1000), down=(500, 500), floors=f),
+        write_run(tmp_path, "mic", method="fedmic", gaccs=(0.55, 0.80, 0.85, 0.86), up=(50, 50), down=(100, 100),
+                  floors=f),
+        # an untrained shared model: it predicts the majority class, every round
+        write_run(tmp_path, "frozen", method="fedprox", gaccs=(floor,) * 4, up=(1000, 1000), down=(500, 500),
+                  floors=f),
+        # Local: no bytes, no global model, and a personalised ACC above the floor
+        write_run(tmp_path, "local", method="local", accs=(0.9,) * 4, acc=0.9, up=(0, 0), down=(0, 0), floors=f),
+    ]
+
+
+def test_t4_target_must_be_learned_local_and_untrained_never_reach_it(tmp_path):
+    t = tables.t4_table(tidy.collect(comm_runs(tmp_path)))
+    target = 0.55 + 0.9 * (0.85 - 0.55)  # FedAvg reports the mean of its last 2 rounds
+    assert row(t, method="FedAvg")["target global ACC"] == f"{target:.3f}"
+    avg = row(t, method="FedAvg")
+    assert avg["round reached"] == "4.0" and avg["to target (MB)"] == "0.0120"  # 4 rounds x 3000 B
+    mic = row(t, method="FedMIC")
+    assert mic["round reached"] == "3.0" and mic["to target (MB)"] == "0.000900"
+    assert row(t, method="FedProx")["to target (MB)"] == "not reached"
+    local = row(t, method="Local")
+    assert local["to target (MB)"] == "n/a" and local["round reached"] == "no global model"
+    assert (mic["uplink ÷ FedAvg"], mic["downlink ÷ FedAvg"]) == ("0.05", "0.2")
+    assert "0.9 × (FedAvg's reported global ACC" in t.caption
+
+
+def test_t4_no_target_when_fedavg_does_not_beat_the_floor_and_an_absolute_override(tmp_path):
+    t = tables.t4_table(tidy.collect(comm_runs(tmp_path, fedavg_g=(0.5, 0.5, 0.5, 0.5), floor=0.55)))
+    assert row(t, method="FedMIC")["target global ACC"] == "n/a"
+    assert row(t, method="FedMIC")["to target (MB)"] == "n/a"
+    t = tables.t4_table(tidy.collect(comm_runs(tmp_path)), target=0.8)
+    assert row(t, method="FedMIC")["round reached"] == "2.0"
+    assert row(t, method="Local")["to target (MB)"] == "n/a"
+    assert "given target global ACC 0.800" in t.caption
+
+
 def test_bytes_to_target_first_evaluated_round():
-    h = [{"round": r, "uplink_bytes": [100, 200], "downlink_bytes": [50, 50],
-          **({"eval": {"personal": {"test": {"acc": a}}}} if a is not None else {})}
-         for r, a in ((1, 0.5), (2, None), (3, 0.7), (4, 0.9))]
-    # round 2 is not evaluated, so the target 0.6 is first seen at round 3: 3 × 400 bytes
-    assert bytes_to_target(h, 0.6) == (3, 1200)
-    assert bytes_to_target(h, 0.9) == (4, 1600)
-    assert bytes_to_target(h, 0.95) == (None, None)
+    rounds = pd.DataFrame({"round": [1, 2, 3], "value": [0.5, 0.81, 0.9], "cum_bytes": [10, 20, 30]})
+    assert tables.bytes_to_target(rounds, 0.8) == (2.0, 20.0)
+    assert all(math.isnan(x) for x in tables.bytes_to_target(rounds, 0.95))
 
 
-def test_t4_bytes_ratio_and_target(runs_dir, tmp_path):
-    paths = main_runs(runs_dir)
-    # evaluated every 2 rounds: round 1 would pass but is not evaluated, round 2 fails
-    paths.append(write_run(runs_dir, "late", method="fedmic", arm="FedMIC-late", eval_every=2,
-                           accs=(0.7, 0.1, 0.7, 0.77), up=(250, 250), down=(300, 300)))
-    paths.append(write_run(runs_dir, "never", method="fedavg", arm="FedAvg-never", accs=(0.1,) * 4))
-    t = t4_table(load_runs(paths))
-    t.write(tmp_path / "t4")
-    csv = pd.read_csv(tmp_path / "t4.csv")
-    rows = read_md(tmp_path / "t4.md")
-    lam01 = csv[csv["λ"] == 0.1].set_index("method")
-    # default target: 0.95 × FedAvg's reported accuracy (mean of 0.70, 0.72, 0.74)
-    tgt = TARGET_FRACTION * 0.72
-    assert lam01.loc["FedAvg", "target ACC"] == pytest.approx(round(tgt, 3))
-    # history accs 0.5, 0.6, 0.7, 0.8 -> 0.684 first reached at round 3: 3 × 3000 bytes
-    assert lam01.loc["FedAvg", "to target (MB) [value]"] == 9000
-    assert lam01.loc["FedMIC", "to target (MB) [value]"] == 3 * 1100
-    assert lam01.loc["FedMIC-late", "to target (MB) [value]"] == 4 * 1100
-    assert lam01.loc["FedAvg-never", "to target (MB)"] == "not reached"
-    assert lam01.loc["FedMIC", "uplink ÷ FedAvg [value]"] == pytest.approx(0.25)
-    assert lam01.loc["FedAvg", "uplink ÷ FedAvg [value]"] == pytest.approx(1.0)
-    assert lam01.loc["FedAvg", "uplink/round (MB) [value]"] == 2000
-    assert lam01.loc["FedAvg", "uplink total (MB) [value]"] == 8000
-    fm = row_of(rows, **{"λ": "0.1", "method": "FedMIC"})
-    assert fm["uplink ÷ FedAvg"] == "0.25"
-    # Local uploads nothing: the fewest bytes, hence bold
-    assert row_of(rows, **{"λ": "0.1", "method": "Local"})["uplink ÷ FedAvg"] == "**0**"
-    assert fm["to target (MB)"] == "**0.00330 ± 0.00000**"
-    assert fm["uplink/round (MB)"] == "0.000500 ± 0.000000"
-    assert row_of(rows, **{"λ": "0.1", "method": "Local"})["uplink/round (MB)"] == "**0.00 ± 0.00**"
-    assert row_of(rows, **{"λ": "0.1", "method": "Local"})["to target (MB)"] == "not reached"
-    # λ=0.5 has only FedAvg: its ratio is 1 and its target its own
-    assert row_of(rows, **{"λ": "0.5", "method": "FedAvg"})["target ACC"] == f"{0.95 * 0.9:.3f}"
+# --------------------------------------------------------------------------- T3 T5 T6 T7 T8 T9
 
 
-def test_t4_given_target_partial_seeds_and_no_fedavg(runs_dir, tmp_path):
-    a = write_run(runs_dir, "a", method="fedmic", seed=0, accs=(0.5, 0.9, 0.9, 0.9))
-    b = write_run(runs_dir, "b", method="fedmic", seed=1, accs=(0.5, 0.5, 0.5, 0.5))
-    runs = load_runs([a, b])
-    t4_table(runs, target=0.85).write(tmp_path / "t4")
-    r = read_md(tmp_path / "t4.md")[0]
-    assert r["target ACC"] == "0.850"
-    assert r["to target (MB)"] == "0.00600 (1/2 seeds)"
-    assert r["uplink ÷ FedAvg"] == "n/a"
-    # without FedAvg the default falls back to the lowest arm's accuracy
-    tgt, rule = default_target(runs)
-    assert rule == "lowest" and tgt == pytest.approx(0.95 * 0.8)
+def test_t3_and_t7_pivot_with_a_floor_row(tmp_path):
+    paths = [write_run(tmp_path, f"avg{jr}", join_ratio=jr, acc=a) for jr, a in ((0.5, 0.7), (1.0, 0.8))]
+    t = tables.t3_table(tidy.collect(paths))
+    avg = row(t, method="FedAvg")
+    assert (avg["join ratio 0.5"], avg["join ratio 1"], avg["Δ join ratio 1"]) == ("0.700", "0.800", "+0.200")
+    assert row(t, method="client-prior floor")["join ratio 0.5"] == "0.600"
+    paths = [write_run(tmp_path, f"k{k}", clients=k, acc=0.9, floors={"client_prior_acc": 0.3 + 0.1 * k})
+             for k in (2, 3)]
+    t = tables.t7_table(tidy.collect(paths))
+    floor = row(t, method="client-prior floor")
+    assert (floor["K=2"], floor["K=3"]) == ("0.500", "0.600")  # each K its own partition
 
 
-# --------------------------------------------------------------------------- T5 / T6
-
-
-def test_t5_ablation_labels_and_values(runs_dir, tmp_path):
-    paths = [write_run(runs_dir, f"d{s}", method="fedmic", seed=s, acc=a) for s, a in ((0, 0.8), (1, 0.9))]
-    paths.append(write_run(runs_dir, "norep", method="fedmic", hp={"rep_distill": False}, acc=0.7))
-    paths.append(write_run(runs_dir, "nogpd", method="fedmic", arm="no-GPD", hp={"gpd": False}, acc=0.95))
-    paths.append(write_run(runs_dir, "fa", method="fedavg", acc=0.99))  # not FedMIC: not in T5
-    t5_table(load_runs(paths)).write(tmp_path / "t5")
-    rows = read_md(tmp_path / "t5.md")
-    assert [r["variant"] for r in rows] == ["FedMIC (default)", "FedMIC (w/o representation KD)",
-                                           "no-GPD"]
-    assert row_of(rows, variant="FedMIC (default)")["ACC"] == "0.850 ± 0.071"
-    assert row_of(rows, variant="no-GPD")["changed from default"] == "w/o GPD (dense uploads)"
-    assert row_of(rows, variant="no-GPD")["ACC"] == "**0.950**"
-    assert row_of(rows, variant="FedMIC (w/o representation KD)")["ΔACC"] == "+0.100"
-
-
-def test_t5_needs_fedmic_runs(runs_dir):
+def test_t5_ablation_and_t6_one_parameter_at_a_time(tmp_path):
+    paths = [write_run(tmp_path, "mic", method="fedmic", acc=0.8),
+             write_run(tmp_path, "norep", method="fedmic", arm="fedmic-no-rep", hp={"rep_distill": False}, acc=0.7),
+             write_run(tmp_path, "tau4", method="fedmic", arm="fedmic-tau4", hp={"tau": 4.0}, acc=0.75),
+             write_run(tmp_path, "tau1", method="fedmic", arm="fedmic-tau1", hp={"tau": 1.0}, acc=0.72),
+             write_run(tmp_path, "avg", acc=0.9)]
+    df = tidy.collect(paths)
+    t5 = tables.t5_table(df)
+    assert row(t5, variant="FedMIC-no-rep")["changed from default"] == "w/o representation KD"
+    assert row(t5, variant="FedMIC")["ΔACC"] == "+0.200"
+    assert "FedAvg" not in t5.df["variant"].tolist() and "client-prior floor" in t5.df["variant"].tolist()
+    t6 = tables.t6_table(df)
+    tau = t6.df[t6.df["parameter"] == "τ"]
+    assert tau["value"].tolist() == ["1", "2 (default)", "4"] and tau["ACC"].tolist() == ["0.720", "0.800", "0.750"]
     with pytest.raises(ValueError, match="no FedMIC runs"):
-        t5_table(load_runs([write_run(runs_dir, "fa", method="fedavg")]))
+        tables.t5_table(tidy.collect([paths[-1]]))
 
 
-def test_t6_one_parameter_at_a_time(runs_dir, tmp_path):
-    paths = [write_run(runs_dir, "d", method="fedmic", acc=0.8, up=(300, 300))]
-    for tau, a in ((1.0, 0.7), (4.0, 0.85)):
-        paths.append(write_run(runs_dir, f"t{tau}", method="fedmic", hp={"tau": tau}, acc=a))
-    paths.append(write_run(runs_dir, "e", method="fedmic", hp={"energy_start": 0.9}, acc=0.75,
-                           up=(200, 200)))
-    paths.append(write_run(runs_dir, "two", method="fedmic", hp={"tau": 4.0, "alpha": 0.5}, acc=0.99))
-    t6_table(load_runs(paths)).write(tmp_path / "t6")
-    rows = read_md(tmp_path / "t6.md")
-    energy = [r for r in rows if r["parameter"].startswith("energy")]
-    tau = [r for r in rows if r["parameter"] == "τ"]
-    assert [r["value"] for r in energy] == ["0.9→0.98", "0.95→0.98 (default)"]
-    assert [r["value"] for r in tau] == ["1", "2 (default)", "4"]
-    assert [r["ACC"] for r in tau] == ["0.700", "0.800", "**0.850**"]
-    assert energy[0]["uplink/round (MB)"] == "**0.000400**"
-    assert energy[1]["ACC"] == "**0.800**"
-    # the run changing two parameters is in no row (its 0.99 would be bold otherwise)
-    assert all("0.990" not in r["ACC"] for r in rows)
-    assert not any(r["parameter"] == "α" for r in rows)
+def test_t8_costs_and_t9_global_and_fairness(tmp_path):
+    paths = [write_run(tmp_path, "avg", gaccs=(0.7,) * 4, params=(100, None), timing=[2.0, 4.0, 2.0, 4.0], rss=500),
+             write_run(tmp_path, "mic", method="fedmic", gaccs=(0.6,) * 4, params=(100, 120), timing=False)]
+    df = tidy.collect(paths)
+    t8 = tables.t8_table(df)
+    avg, mic = row(t8, method="FedAvg"), row(t8, method="FedMIC")
+    assert avg["train s/client/round"] == "1.500" and avg["client memory (MB)"] == "0.00"
+    assert mic["evaluated params"] == "120" and mic["client memory (MB)"] == "0.000480"
+    assert mic["train s/client/round"] == "n/a" and mic["peak RSS (MB)"] == "n/a"
+    t9 = tables.t9_table(df)
+    assert row(t9, method="FedAvg")["global ACC"] == "0.700"
+    assert row(t9, method="global-majority floor")["global ACC"] == "0.550"
+    assert row(t9, method="client-prior floor")["personal ACC"] == "0.600"
 
 
-# --------------------------------------------------------------------------- T8 / T9
-
-
-def test_t8_costs(runs_dir, tmp_path):
-    paths = main_runs(runs_dir)
-    t8_table(load_runs(paths)).write(tmp_path / "t8")
-    rows = read_md(tmp_path / "t8.md")
-    csv = pd.read_csv(tmp_path / "t8.csv").set_index("method")
-    fa, fm, lo = (row_of(rows, method=m) for m in ("FedAvg", "FedMIC", "Local"))
-    assert (fa["shared params"], fa["evaluated params"]) == ("100", "100")
-    assert (fm["shared params"], fm["evaluated params"]) == ("100", "120")
-    # FedAvg at λ 0.1 and 0.5: (2+4)/2 s per round / 2 clients = 1.5 s; the λ=0.5 run has 1 s
-    # rounds, 0.5 s per client; T8 pools λ: mean of 1.5, 1.5, 1.5, 0.5
-    assert csv.loc["FedAvg", "train s/client/round [value]"] == pytest.approx(1.25)
-    assert fm["train s/client/round"] == "**0.500 ± 0.000**"
-    assert lo["train s/client/round"] == "n/a" and lo["peak RSS (MB)"] == "n/a"
-    # memory: personal params × 4 bytes; FedAvg clients keep nothing
-    assert csv.loc["FedMIC", "client memory (MB) [value]"] == 480
-    assert csv.loc["FedAvg", "client memory (MB) [value]"] == 0
-    assert fa["client memory (MB)"].startswith("**0.00")
-    assert csv.loc["FedMIC", "peak RSS (MB) [value]"] == 600
-
-
-def test_t9_global_and_fairness(runs_dir, tmp_path):
-    t9_table(load_runs(main_runs(runs_dir))).write(tmp_path / "t9")
-    rows = read_md(tmp_path / "t9.md")
-    lo = row_of(rows, **{"λ": "0.1", "method": "Local"})
-    fa = row_of(rows, **{"λ": "0.1", "method": "FedAvg"})
-    assert lo["global ACC"] == "n/a" and lo["global AUC"] == "n/a"
-    assert fa["global ACC"] == "**0.650 ± 0.000**"
-    assert row_of(rows, **{"λ": "0.1", "method": "FedMIC"})["global ACC"] == "0.550 ± 0.000"
-    assert fa["client std"] == "**0.100 ± 0.000**" and fa["worst-decile ACC"] == "**0.400 ± 0.000**"
-
-
-def test_unknown_table_name(runs_dir, tmp_path):
+def test_valsel_tables_use_the_validation_selected_values(tmp_path):
+    p = write_run(tmp_path, "a", acc=0.8, valsel_acc=0.77)
+    assert row(tables.build("t2_valsel", tidy.collect([p])), method="FedAvg")["ACC"] == "0.770"
+    with pytest.raises(ValueError, match="no _valsel"):
+        tables.build("t4_valsel", tidy.collect([p]))
     with pytest.raises(ValueError, match="unknown table"):
-        build_table("t42", [write_run(runs_dir, "a")], tmp_path / "x")
+        tables.build("t42", tidy.collect([p]))
 
 
-# --------------------------------------------------------------------------- T1 dispatch
+# --------------------------------------------------------------------------- command line
 
 
+def test_collect_then_table_from_the_results_file(tmp_path):
+    paths = comm_runs(tmp_path)
+    out = tmp_path / "results.csv.gz"
+    cli = [sys.executable, "-m", "fedmic.cli"]
+    subprocess.run([*cli, "collect", "--inputs", *map(str, paths), "--out", str(out), "--provenance",
+                    str(tmp_path / "prov.yaml"), "--config", '{"results": "r", "seeds": [0]}', "--source", "here @ abc"],
+                   check=True)
+    subprocess.run([*cli, "table", "t4", "--inputs", str(out), "--out", str(tmp_path / "t4")], check=True)
+    direct = build_table("t4", paths, tmp_path / "direct")
+    assert (tmp_path / "t4.md").read_text() == direct[1].read_text()
+    import yaml
+    prov = yaml.safe_load((tmp_path / "prov.yaml").read_text())
+    assert prov["workflow"]["source"] == "here @ abc" and prov["config"] == {"results": "r", "seeds": [0]}
+    assert prov["runs"]["count"] == 4 and prov["runs"]["environments"][0]["runs"] == 4
+    assert prov["collected_with"]["packages"]["pandas"] == pd.__version__
+
+
+@pytest.mark.skipif(not (DATA / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 def test_t1_and_f3_dispatch_to_partition_builders(tmp_path):
-    if not (DATA / "breastmnist.npz").exists():
-        pytest.skip("real BreastMNIST not available")
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition
 
-    data = load_dataset("breastmnist", str(DATA))
+    data = load_dataset("breastmnist", DATA)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
-    part = make_partition("dirichlet_label", labels, 3, 0.5, 0, 10, n_classes=data.n_classes,
-                          dataset="breastmnist", dataset_md5=data.info.md5(28))
-    p = tmp_path / "part.json"
-    save_partition(part, p)
-    build_table("T1", [p], tmp_path / "t1", root=str(DATA))
-    t1 = pd.read_csv(tmp_path / "t1.csv")
-    assert t1["train"].item() == len(labels["train"]) and t1["clients"].item() == 3
-    out = build_figure("f3", [p], tmp_path / "f3", root=str(DATA))
-    assert all(o.stat().st_size > 0 for o in out)
+    part = make_partition("dirichlet_label", labels, 3, 0.5, 0, 5, n_classes=2, dataset="breastmnist")
+    save_partition(part, tmp_path / "p.json")
+    out = build_table("t1", [tmp_path / "p.json"], tmp_path / "t1", root=str(DATA))
+    assert md_rows(out[1])[0][0] == "breastmnist"

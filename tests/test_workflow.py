@@ -14,12 +14,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+PAPER_ARMS = 13  # config/config.yaml: the 12 methods and FedAvg on FedBN's model
 
 pytestmark = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
 
-def snakemake(workdir, *args, config="config/tiny.yaml", check=True):
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED))
+def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus=""):
+    """gpus: CUDA_VISIBLE_DEVICES, the GPUs the workflow finds ("": a CPU machine)."""
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), CUDA_VISIBLE_DEVICES=gpus)
     cmd = [*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
            "--configfile", str(REPO / config), *args]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -44,11 +46,43 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def train_order(output: str) -> str:
+    """'S' when a training job starts, 'F' when one finishes, in the order Snakemake logs them."""
+    events = re.findall(r"^((?:local)?rule train:|Finished jobid: \d+ \(Rule: train\))", output, re.M)
+    return "".join("F" if e.startswith("Finished") else "S" for e in events)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("tiny")
     snakemake(wd, "--cores", "2", "all")
     return wd
+
+
+@pytest.mark.parametrize("gpus, resources, order", [
+    ("", [], "SSFF"),  # a CPU machine: no gpu pool, both 1-thread runs at once on 2 cores
+    ("0", [], "SFSF"),  # one GPU: one run at a time, though a core is free
+    ("0", ["--resources", "gpu=2"], "SSFF"),  # two runs packed on the one GPU
+])
+def test_training_runs_at_once_follow_cores_and_gpus(tmp_path, gpus, resources, order):
+    # the GPU is only what the workflow finds (CUDA_VISIBLE_DEVICES); torch here has no CUDA,
+    # so the runs train on the CPU either way
+    runs = [f"results-tiny/runs/breastmnist/lam0.5_K3_jr1/{arm}/seed0.json" for arm in ("fedavg", "fedmic")]
+    res = snakemake(tmp_path, *resources, "--cores", "2", *runs, gpus=gpus)  # targets after a one-value option
+    assert train_order(res.stdout + res.stderr) == order
+
+
+def test_tiny_workflow_writes_the_results_file_and_provenance(tiny_run):
+    import pandas as pd
+    import yaml
+
+    res = tiny_run / "results-tiny"
+    tidy = pd.read_csv(res / "results.csv.gz")
+    assert set(tidy["arm"]) == {"fedavg", "fedmic"} and set(tidy["dataset"]) == {"breastmnist"}
+    assert set(tidy.loc[tidy["select"] == "round", "round"]) == {1, 2}
+    prov = yaml.safe_load((res / "provenance.yaml").read_text())
+    assert prov["workflow"]["source"].startswith(f"{REPO} @ ")
+    assert prov["config"]["results"] == "results-tiny" and prov["runs"]["count"] == 2
 
 
 def read_csv(path):
@@ -109,7 +143,7 @@ def test_changing_one_algorithm_reruns_only_its_runs(tiny_run):
 def test_changing_plotting_code_reruns_no_training(tiny_run):
     counts = dry_run_after_editing(REPO / "fedmic" / "report" / "figures.py", tiny_run)
     assert "train" not in counts and "partition" not in counts
-    assert counts.get("figure_learning_curves") == 1
+    assert counts.get("figure_learning_curves") == 1 and counts.get("collect") >= 1
 
 
 def test_paper_grid_dry_run(tmp_path):
@@ -118,15 +152,15 @@ def test_paper_grid_dry_run(tmp_path):
     elapsed = time.perf_counter() - t0
     counts = job_counts(res.stdout)
     print(f"paper grid: {sum(counts.values())} jobs, dry run {elapsed:.1f} s")
-    # 4 datasets x 3 lambdas x 13 arms x 3 seeds runs for T2 alone
-    assert counts["train"] >= 4 * 3 * 13 * 3
+    # 4 datasets x 3 lambdas x every arm x 3 seeds runs for T2 alone
+    assert counts["train"] >= 4 * 3 * PAPER_ARMS * 3
     assert counts["download"] >= 1
 
 
 def test_single_table_target_needs_only_its_runs(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", "--cores", "8", "table_t4",
                                   config="config/config.yaml").stdout)
-    assert counts["train"] == 4 * 3 * 13 * 3  # exactly T2's runs (12 methods + FedAvg on cnn_bn)
+    assert counts["train"] == 4 * 3 * PAPER_ARMS * 3  # exactly T2's runs
     assert counts["table_t4"] == 1 and "table_t2" not in counts
 
 
@@ -137,3 +171,11 @@ def test_bad_config_value_fails_before_any_job(tmp_path):
     res = snakemake(tmp_path, "-n", "--cores", "1", "all", config=str(bad), check=False)
     assert res.returncode != 0
     assert "lams" in (res.stdout + res.stderr)
+
+
+def test_workflow_is_snakefmt_formatted_and_lint_clean(tmp_path):
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")], cwd=REPO,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    lint = snakemake(tmp_path, "--lint", check=False)
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr

@@ -1,14 +1,12 @@
 """MedMNIST 2D datasets: registry, verified download and loading into tensors.
 
-The registry is read from ``medmnist.INFO`` so URLs and MD5s track the installed
-medmnist release (pinned to 3.0.2) instead of a copy that could drift.
+The registry (names, classes, URLs, MD5s) is carried in ``fedmic.data.registry`` and checked
+against ``medmnist.INFO`` by the tests, so the package needs neither medmnist nor torchvision.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import os
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils import atomic_open
+from . import registry
 
 ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
 DEFAULT_ROOT = "~/.medmnist"
-SIZES = (28, 64, 128, 224)
+SIZES = registry.SIZES
 SPLITS = ("train", "val", "test")
 _CHUNK = 1 << 20
 
@@ -31,29 +30,10 @@ class DatasetError(RuntimeError):
     """A dataset file is missing, corrupt, of the wrong version or cannot be fetched."""
 
 
-@functools.lru_cache(maxsize=1)
-def _registry() -> dict[str, dict]:
-    # medmnist is installed by hand with --no-deps (see pyproject.toml). Its info.py needs only
-    # the standard library, while `import medmnist` runs the package's __init__, which imports
-    # its dataset classes and evaluator (PIL, pandas, scikit-learn): seconds per training job.
-    # So the registry file is loaded on its own, without running the package.
-    spec = importlib.util.find_spec("medmnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "fedmic reads the MedMNIST dataset registry from the medmnist package, "
-            "which is not installed: pip install --no-deps medmnist==3.0.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "info.py"
-    info_spec = importlib.util.spec_from_file_location("_fedmic_medmnist_info", path)
-    module = importlib.util.module_from_spec(info_spec)
-    info_spec.loader.exec_module(module)
-    INFO = module.INFO
-    return {flag: meta for flag, meta in INFO.items() if not meta["python_class"].endswith("3D")}
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
     flag: str
+    name: str  # display name, e.g. PneumoniaMNIST
     n_channels: int
     n_classes: int
     label_names: list[str]
@@ -78,25 +58,24 @@ class DatasetInfo:
 
 
 def available_datasets() -> list[str]:
-    return list(_registry())
+    return list(registry.DATASETS)
 
 
 def dataset_info(flag: str) -> DatasetInfo:
-    registry = _registry()
-    if flag not in registry:
-        raise ValueError(f"unknown MedMNIST 2D dataset {flag!r}; choose one of: {', '.join(registry)}")
-    meta = registry[flag]
+    if flag not in registry.DATASETS:
+        raise ValueError(f"unknown MedMNIST 2D dataset {flag!r}; choose one of: {', '.join(registry.DATASETS)}")
+    meta = registry.DATASETS[flag]
     labels = meta["label"]
-    suffix = {s: "" if s == 28 else f"_{s}" for s in SIZES}
     return DatasetInfo(
         flag=flag,
+        name=meta["python_class"],
         n_channels=int(meta["n_channels"]),
         n_classes=len(labels),
         label_names=[labels[k] for k in sorted(labels, key=int)],
         task=meta["task"],
         n_samples={k: int(v) for k, v in meta["n_samples"].items()},
-        _urls={s: meta[f"url{suffix[s]}"] for s in SIZES},
-        _md5s={s: meta[f"MD5{suffix[s]}"] for s in SIZES},
+        _urls={s: registry.url(flag, s) for s in SIZES},
+        _md5s=dict(meta["md5"]),
     )
 
 

@@ -1,11 +1,12 @@
-"""Tables and figures of the paper (SPEC §3), built from run JSONs or partition files.
+"""Tables and figures of the paper, as views over one tidy results file.
 
-``build_table`` / ``build_figure`` are what ``fedmic table`` / ``fedmic figure`` call:
-- tables t1 (partition files), t2 ... t9 (run JSONs; ``<name>_valsel`` uses the test value
-  at the validation-selected round instead of the mean over the last rounds);
-- figures f3 (partition files), learning_curves, acc_vs_bytes, svd_ranks (run JSONs).
+- ``collect`` (``fedmic collect``): run JSONs -> the tidy long-format results file
+  (fedmic.report.tidy; results/README.md lists its columns), optionally with a provenance
+  record;
+- ``build_table`` / ``build_figure`` (``fedmic table`` / ``fedmic figure``): t2 ... t9 and
+  the figures learning_curves, acc_vs_bytes, svd_ranks from that file (or from run JSONs,
+  collected on the fly); t1 and f3 describe the partitions and read partition files.
 """
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,33 +30,42 @@ def labels_loader(root: str | None = None) -> Callable[[str], Mapping[str, np.nd
     return load
 
 
+def collect(inputs: Sequence[str | Path], out: str | Path, provenance: str | Path | None = None,
+            config: dict | None = None, source: str | None = None) -> list[Path]:
+    """Write the tidy results file of the run JSONs ``inputs`` (and their provenance record)."""
+    from fedmic.report import tidy
+
+    written = [tidy.write(tidy.collect(inputs), out)]
+    if provenance is not None:
+        from fedmic.report import provenance as prov
+
+        written.append(prov.write(provenance, inputs, config, source))
+    return written
+
+
 def build_table(name: str, inputs: Sequence[str | Path], out_stem: str | Path,
                 root: str | None = None, target: float | None = None) -> list[Path]:
-    """Write table ``name`` as ``<out_stem>.csv/.md/.tex``; returns the paths.
-
-    t1: ``inputs`` are partition files. t2..t9: run JSONs (timing sidecars among them are
-    ignored). ``target``: T4's target accuracy (default: 0.95 × FedAvg's reported
-    personalised accuracy in the same setting)."""
+    """Write table ``name`` as ``<out_stem>.csv/.md/.tex``. t1: ``inputs`` are partition
+    files; t2..t9: a results file or run JSONs. ``target``: T4's absolute target global ACC."""
     key = name.lower()
     if key == "t1":
         from fedmic.report.partitions import table_t1
         return table_t1([Path(p) for p in inputs], labels_loader(root), out_stem)
-    from fedmic.report.tables import run_table
-    return run_table(key, inputs, out_stem, target=target)
+    from fedmic.report import tables, tidy
+    return tables.build(key, tidy.load(inputs), target=target).write(out_stem)
 
 
 def build_figure(name: str, inputs: Sequence[str | Path], out_stem: str | Path,
                  root: str | None = None, target: float | None = None) -> list[Path]:
-    """Write figure ``name`` as ``<out_stem>.png/.pdf``; returns the paths.
-
-    f3: ``inputs`` are partition files; the others take run JSONs. ``target`` is accepted
-    for the CLI's sake and unused by the figures."""
+    """Write figure ``name`` as ``<out_stem>.png/.pdf``. f3: ``inputs`` are partition files;
+    the others: a results file or run JSONs. ``target`` is unused by the figures."""
     key = name.lower().replace("-", "_")
     if key == "f3":
         from fedmic.report.partitions import figure_f3
         return figure_f3([Path(p) for p in inputs], labels_loader(root), out_stem)
-    from fedmic.report.figures import run_figure
-    return run_figure(key, inputs, out_stem)
+    from fedmic.report import figures, tidy
+    from fedmic.report.io import save_figure
+    return save_figure(figures.build(key, tidy.load(inputs)), out_stem)
 
 
-__all__ = ["build_table", "build_figure", "labels_loader"]
+__all__ = ["collect", "build_table", "build_figure", "labels_loader"]

@@ -1,269 +1,233 @@
-"""Figures from run JSONs: learning curves, accuracy vs uplink bytes, kept SVD ranks.
+"""Figures as views over the tidy results frame: learning curves, accuracy vs bytes, kept SVD ranks.
 
-Each ``*_figure(runs)`` returns the matplotlib Figure (so tests can inspect it); the
-``figure_*`` functions save it as PNG + PDF through ``fedmic.report.io.save_figure``.
-Curves are the mean over seeds; a shaded band is ± one std (ddof=1) where there are at
-least two seeds. Panels are laid out with the first setting dimension (the dataset) as
-rows and the others (λ, ...) as columns; one colour per arm across all panels.
+Each ``*_figure(tidy)`` returns the matplotlib Figure (tests inspect it); ``build`` saves it
+as PNG + PDF. One panel per setting that has runs (datasets in order, then λ...), laid out
+as datasets × the other values when every dataset has the same ones, else wrapped in rows:
+never an empty panel. Every arm has its own colour and marker, the same in every panel;
+FedMIC is drawn last, thicker and black, so it stands out; the client-prior floor is a
+dashed grey line. Curves are the mean over seeds, the band ± one std (ddof=1) where there
+are two seeds or more.
 """
-
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from fedmic.report import views as v
 from fedmic.report.io import save_figure  # noqa: F401  (selects the Agg backend first)
-from fedmic.report.runs import arm_order, history_frame, load_runs, setting_text
 
 log = logging.getLogger("fedmic.report")
 
-ACC_LABEL = "Personalised test accuracy"
+ACC_LABEL = "Personalised test ACC"
 ROUND_LABEL = "Communication round"
-UPLINK_LABEL = "Cumulative uplink (MB, log scale)"
+BYTES_LABEL = "Cumulative uplink + downlink (MB, log scale)"
 RANK_LABEL = "Kept rank (singular values)"
-FLOOR_LABEL = "local-majority floor"
+FLOOR_LABEL = "client-prior floor"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d", "8")
+HIGHLIGHT = {"color": "black", "lw": 2.6, "zorder": 5, "ms": 6}
 
 
-def _runs(runs_or_paths) -> pd.DataFrame:
-    return runs_or_paths if isinstance(runs_or_paths, pd.DataFrame) else load_runs(runs_or_paths)
-
-
-def _colours(labels: Sequence[str]) -> dict[str, tuple]:
+def styles(tidy: pd.DataFrame) -> dict[str, dict]:
+    """arm -> plot style: colour and marker both differ between any two arms."""
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
+    arms = [a for a in v.arm_order(tidy)]
+    others = [a for a in arms if a != "fedmic"]
+    cmap = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
+    out = {a: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)], "lw": 1.4, "zorder": 3, "ms": 4}
+           for i, a in enumerate(others)}
+    if "fedmic" in arms:
+        out["fedmic"] = {**HIGHLIGHT, "marker": "*", "ms": 9}
+    return out
 
 
-def _grid(runs: pd.DataFrame, dims: Sequence[str]):
-    """Rows = values of the first dim, columns = combinations of the others."""
-    def key(x):
-        return (0, float(x), "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0.0, str(x))
-    if not dims:
-        return [()], [()]
-    row_vals = sorted(runs[dims[0]].unique(), key=key)
-    rest = list(dims[1:])
-    col_vals = sorted({tuple(t) for t in runs[rest].itertuples(index=False, name=None)},
-                      key=lambda t: tuple(key(x) for x in t)) if rest else [()]
-    return [(v,) for v in row_vals], col_vals
+def panels(df: pd.DataFrame, dim_cols: Sequence[str], n_cols: int = 3) -> list[tuple[int, int, tuple]]:
+    """(row, col, setting) of each panel: datasets × the rest when complete, else wrapped."""
+    present = v.settings(df, dim_cols)
+    if not dim_cols:
+        return [(0, 0, ())]
+    datasets = list(dict.fromkeys(s[0] for s in present))
+    rest = list(dict.fromkeys(s[1:] for s in present))
+    if len(present) == len(datasets) * len(rest) and len(rest) <= 4:
+        return [(datasets.index(s[0]), rest.index(s[1:]), s) for s in present]
+    n_cols = min(n_cols, len(present))
+    return [(i // n_cols, i % n_cols, s) for i, s in enumerate(present)]
 
 
-def _subplots(n_rows: int, n_cols: int, w: float = 4.2, h: float = 3.2):
+def _subplots(layout, w: float = 4.3, h: float = 3.3):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(w * n_cols, h * n_rows + 0.6))
+    n_rows = max(r for r, _, _ in layout) + 1
+    n_cols = max(c for _, c, _ in layout) + 1
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(w * n_cols, h * n_rows + 0.9))
+    used = {(r, c) for r, c, _ in layout}
+    for r in range(n_rows):
+        for c in range(n_cols):
+            if (r, c) not in used:
+                axes[r, c].remove()  # a wrapped layout's last row: no empty frame left behind
     return fig, axes
 
 
-def _select(df: pd.DataFrame, dims: Sequence[str], values: Sequence) -> pd.DataFrame:
-    mask = np.ones(len(df), dtype=bool)
-    for d, v in zip(dims, values):
-        mask &= (df[d] == v).to_numpy()
-    return df[mask]
-
-
-def _seed_stats(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+def _seed_stats(df: pd.DataFrame, x: str, y: str = "value") -> pd.DataFrame:
     g = df.groupby(x)[y]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
-def _legend(fig, axes) -> None:
-    handles, labels = {}, []
-    for ax in axes.ravel():
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    # references (the floor) after the arms
-    labels.sort(key=lambda lab: lab == FLOOR_LABEL)
-    if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
-                   ncol=min(len(labels), 5), frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.0))
-
-
-def _integer_rounds(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+def _line(ax, x, y, style: dict, label: str, n_points: int) -> None:
+    every = max(1, n_points // 10)  # about ten markers a line, so long runs stay readable
+    ax.plot(x, y, label=label, markevery=every, **style)
 
 
 def _finish(fig, axes, title: str) -> None:
-    for ax in axes.ravel():
-        if not ax.has_data():
-            ax.set_axis_off()
-    n_leg = len({lab for ax in axes.ravel() for lab in ax.get_legend_handles_labels()[1]})
-    legend_rows = -(-n_leg // 5) if n_leg else 0
-    _legend(fig, axes)
+    handles = {}
+    for ax in fig.axes:
+        for hdl, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, hdl)
+    labels = sorted(handles, key=lambda lab: lab == FLOOR_LABEL)  # the floor after the arms
+    n_cols = min(len(labels), 6) or 1
+    n_leg_rows = -(-len(labels) // n_cols)
+    height = fig.get_size_inches()[1]
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0.05 + 0.035 * legend_rows, 1, 0.97))
+    # room for the legend below the panels: about a quarter inch a row
+    fig.tight_layout(rect=(0, (0.15 + 0.25 * n_leg_rows) / height, 1, 1 - 0.45 / height))
+    if labels:
+        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=n_cols,
+                   frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.0))
+
+
+def _floor_line(ax, tidy_here: pd.DataFrame) -> None:
+    floor = v.values(tidy_here, "run", "floor", ["client_prior_acc"])
+    value = v.finite_mean(v.partition_floor(floor, "client_prior_acc"))
+    if np.isfinite(value):
+        ax.axhline(value, color="0.45", ls="--", lw=1.2, label=FLOOR_LABEL, zorder=1)
+
+
+def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
+    """The figure, its axes, and per panel: the axes, its title, the tidy rows of its setting,
+    and (arm, label, that arm's rows of ``curves``) for each arm there."""
+    runs = v.runs(tidy)
+    dim_cols = v.dims(runs)
+    layout = panels(runs, dim_cols)
+    fig, axes = _subplots(layout)
+    out = []
+    for r, c, s in layout:
+        here = v.in_setting(curves, dim_cols, s)
+        arms = [(arm, runs.loc[runs["arm"] == arm, "label"].iloc[0], here[here["arm"] == arm])
+                for arm in v.arm_order(v.in_setting(runs, dim_cols, s))]
+        out.append((axes[r, c], setting_text(dim_cols, s), v.in_setting(tidy, dim_cols, s), arms))
+    return fig, axes, out
 
 
 # --------------------------------------------------------------------------- learning curves
 
 
-def learning_curves_figure(runs) -> "object":
-    """Personalised test accuracy vs round: one line per arm (mean over seeds, ± std band),
-    the local-majority floor dashed, one panel per setting."""
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    hist = history_frame(runs)
-    hist = hist[hist["evaluated"]]
-    rows, cols = _grid(runs, dims)
-    colours = _colours(arm_order(runs))
-    fig, axes = _subplots(len(rows), len(cols))
-    for i, rv in enumerate(rows):
-        for j, cv in enumerate(cols):
-            values = (*rv, *cv)
-            ax = axes[i, j]
-            here = _select(hist, dims, values)
-            if here.empty:
-                continue
-            for arm in arm_order(_select(runs, dims, values)):
-                st = _seed_stats(here[here["label"] == arm], "round", "acc")
-                ax.plot(st["round"], st["mean"], color=colours[arm], label=arm, lw=1.5,
-                        marker="o" if len(st) <= 12 else None, ms=3)
-                band = st["n"] >= 2
-                if band.any():
-                    ax.fill_between(st["round"][band], (st["mean"] - st["std"])[band],
-                                    (st["mean"] + st["std"])[band], color=colours[arm], alpha=0.18,
-                                    lw=0)
-            floor = _select(runs, dims, values)["floor_local"].mean()
-            if np.isfinite(floor):
-                ax.axhline(floor, color="0.35", ls="--", lw=1, label=FLOOR_LABEL)
-            ax.set_title(setting_text(dims, values), fontsize=10)
-            ax.set_xlabel(ROUND_LABEL)
-            ax.set_ylabel(ACC_LABEL)
-            _integer_rounds(ax)
-            ax.grid(True, lw=0.3, alpha=0.5)
-    _finish(fig, axes, "Learning curves (mean over seeds, band: ± 1 std)")
+def learning_curves_figure(tidy: pd.DataFrame):
+    """Personalised test ACC vs round, one line per arm, one panel per setting."""
+    from matplotlib.ticker import MaxNLocator
+
+    style = styles(tidy)
+    fig, axes, panels_ = _arm_panels(tidy, v.per_round(tidy, "personal", "acc"))
+    for ax, title, tidy_here, arms in panels_:
+        for arm, label, sub in arms:
+            st = _seed_stats(sub, "round")
+            _line(ax, st["round"], st["mean"], style[arm], label, len(st))
+            band = st["n"] >= 2
+            if band.any():
+                ax.fill_between(st["round"][band], (st["mean"] - st["std"])[band], (st["mean"] + st["std"])[band],
+                                color=style[arm]["color"], alpha=0.15, lw=0)
+        _floor_line(ax, tidy_here)
+        ax.set_title(title, fontsize=10)
+        ax.set(xlabel=ROUND_LABEL, ylabel=ACC_LABEL)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, lw=0.3, alpha=0.5)
+    _finish(fig, axes, "Learning curves: personalised test ACC (mean over seeds, band ± 1 std)")
     return fig
 
 
-def figure_learning_curves(runs, stem: str | Path) -> list[Path]:
-    return save_figure(learning_curves_figure(runs), stem)
+def setting_text(dim_cols, s) -> str:
+    return v.setting_text(dim_cols, s) if dim_cols else "all runs"
 
 
 # --------------------------------------------------------------------------- accuracy vs bytes
 
 
-def acc_vs_bytes_figure(runs) -> "object":
-    """Personalised test accuracy vs cumulative uplink MB (log x) on evaluated rounds.
-    An arm that uploads nothing (Local) is a horizontal dotted line at its accuracy."""
+def acc_vs_bytes_figure(tidy: pd.DataFrame):
+    """Personalised test ACC vs cumulative uplink + downlink MB (log x) on evaluated rounds.
+    An arm that moves no bytes (Local) is a dotted horizontal line at its final ACC."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    hist = history_frame(runs)
-    hist = hist[hist["evaluated"]].assign(cum_uplink_mb=lambda d: d["cum_uplink"] / 1e6)
-    rows, cols = _grid(runs, dims)
-    colours = _colours(arm_order(runs))
-    fig, axes = _subplots(len(rows), len(cols))
-    for i, rv in enumerate(rows):
-        for j, cv in enumerate(cols):
-            values = (*rv, *cv)
-            ax = axes[i, j]
-            here = _select(hist, dims, values)
-            if here.empty:
+    curves = v.per_round(tidy, "personal", "acc").assign(mb=lambda d: d["cum_bytes"].astype(float) / 1e6)
+    style = styles(tidy)
+    fig, axes, panels_ = _arm_panels(tidy, curves)
+    for ax, title, tidy_here, arms in panels_:
+        for arm, label, sub in arms:
+            x, y = sub.groupby("round")["mb"].mean(), sub.groupby("round")["value"].mean()
+            if not (x > 0).any():
+                if len(y) and np.isfinite(y.iloc[-1]):
+                    ax.axhline(y.iloc[-1], color=style[arm]["color"], ls=":", lw=1.5, label=f"{label} (no bytes)")
                 continue
-            flat = []
-            for arm in arm_order(_select(runs, dims, values)):
-                sub = here[here["label"] == arm]
-                x = sub.groupby("round")["cum_uplink_mb"].mean()
-                y = sub.groupby("round")["acc"].mean()
-                if not (x > 0).any():
-                    flat.append((arm, float(y.iloc[-1]) if len(y) else np.nan))
-                    continue
-                keep = x > 0
-                ax.plot(x[keep], y[keep], color=colours[arm], label=arm, lw=1.5, marker="o", ms=3)
-            for arm, acc in flat:
-                if np.isfinite(acc):
-                    ax.axhline(acc, color=colours[arm], ls=":", lw=1.5, label=f"{arm} (no uplink)")
-            ax.set_xscale("log")
-            # 1-2-5 ticks with plain numbers: readable over a decade or ten
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(setting_text(dims, values), fontsize=10)
-            ax.set_xlabel(UPLINK_LABEL)
-            ax.set_ylabel(ACC_LABEL)
-            ax.grid(True, which="both", lw=0.3, alpha=0.5)
-    _finish(fig, axes, "Accuracy vs uplink communication (mean over seeds, evaluated rounds)")
+            keep = x > 0
+            _line(ax, x[keep], y[keep], style[arm], label, int(keep.sum()))
+        _floor_line(ax, tidy_here)
+        ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        # 1-2-5 ticks over up to two decades, one a decade beyond: labels never overlap
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(title, fontsize=10)
+        ax.set(xlabel=BYTES_LABEL, ylabel=ACC_LABEL)
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    _finish(fig, axes, "Personalised test ACC vs communication (mean over seeds, evaluated rounds)")
     return fig
-
-
-def figure_acc_vs_bytes(runs, stem: str | Path) -> list[Path]:
-    return save_figure(acc_vs_bytes_figure(runs), stem)
 
 
 # --------------------------------------------------------------------------- SVD ranks
 
 
-def _short_layer(name: str) -> str:
-    return name[: -len(".weight")] if name.endswith(".weight") else name
-
-
-def svd_ranks_figure(runs) -> "object":
-    """Kept rank per layer over rounds, for runs that record ranks (FedMIC, FedKD): solid =
-    upload (mean over the round's clients, then over seeds), dashed = the server's broadcast.
-    One panel per arm and setting, one colour per layer."""
+def svd_ranks_figure(tidy: pd.DataFrame):
+    """Kept rank per layer over rounds for the runs that record ranks (FedMIC, FedKD): solid =
+    upload (mean over the round's clients, then seeds), dashed = the server's broadcast. One
+    panel per arm and setting, one colour per layer."""
     import matplotlib.pyplot as plt
 
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    hist = history_frame(runs)
-    has = hist.groupby("run_index")["upload_ranks"].apply(lambda s: any(bool(r) for r in s))
-    hist = hist[hist["run_index"].isin(has[has].index)]
-    if hist.empty:
+    ranks = pd.concat([v.per_round(tidy, "comm", f"{kind}_rank", split=None).assign(kind=kind)
+                       for kind in ("upload", "broadcast")])
+    if ranks.empty:
         log.warning("svd_ranks: no run among the inputs records kept ranks")
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.set_axis_off()
-        ax.text(0.5, 0.5, "No run among the inputs records kept SVD ranks\n(FedMIC/FedKD with "
-                "decomposition)", ha="center", va="center")
+        ax.text(0.5, 0.5, "No run among the inputs records kept SVD ranks\n(FedMIC/FedKD with decomposition)",
+                ha="center", va="center")
         return fig
-    groups = []
-    for values in sorted({tuple(t) for t in hist[dims].itertuples(index=False, name=None)},
-                         key=lambda t: tuple(str(x) for x in t)):
-        here = _select(hist, dims, values)
-        for arm in arm_order(_select(runs, dims, values)):
-            if (here["label"] == arm).any():
-                groups.append((values, arm, here[here["label"] == arm]))
+    runs = v.runs(tidy)
+    dim_cols = v.dims(runs)
+    groups = [(s, arm) for s in v.settings(ranks, dim_cols)
+              for arm in v.arm_order(v.in_setting(ranks, dim_cols, s))]
     n_cols = min(3, len(groups))
-    n_rows = -(-len(groups) // n_cols)
-    fig, axes = _subplots(n_rows, n_cols)
-    for k, (values, arm, sub) in enumerate(groups):
-        ax = axes[k // n_cols, k % n_cols]
-        layers = sorted({layer for r in sub["upload_ranks"] for layer in r}
-                        | {layer for r in sub["broadcast_ranks"] for layer in r})
-        colours = _colours(layers)
+    layout = [(i // n_cols, i % n_cols, g) for i, g in enumerate(groups)]
+    fig, axes = _subplots(layout)
+    layers = sorted(ranks["layer"].dropna().unique())
+    colours = {layer: plt.get_cmap("tab10")(i % 10) for i, layer in enumerate(layers)}
+    for r, c, (s, arm) in layout:
+        ax = axes[r, c]
+        here = v.in_setting(ranks, dim_cols, s)
+        here = here[here["arm"] == arm]
         for layer in layers:
-            for col, ls, suffix in (("upload_ranks", "-", ""), ("broadcast_ranks", "--", " (broadcast)")):
-                v = sub.assign(rank=[r.get(layer, np.nan) for r in sub[col]])
-                v = v.assign(rank=pd.to_numeric(v["rank"], errors="coerce"))
-                st = v.groupby("round")["rank"].mean()
-                if st.notna().any():
+            for kind, ls, suffix in (("upload", "-", ""), ("broadcast", "--", " (broadcast)")):
+                st = here[(here["layer"] == layer) & (here["kind"] == kind)].groupby("round")["value"].mean()
+                if len(st):
                     ax.plot(st.index, st.values, color=colours[layer], ls=ls, lw=1.4,
-                            label=_short_layer(layer) + suffix)
-        ax.set_title(f"{arm}: {setting_text(dims, values)}", fontsize=10)
-        ax.set_xlabel(ROUND_LABEL)
-        ax.set_ylabel(RANK_LABEL)
-        _integer_rounds(ax)
+                            label=layer.removesuffix(".weight") + suffix)
+        label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
+        ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)
+        ax.set(xlabel=ROUND_LABEL, ylabel=RANK_LABEL)
         ax.grid(True, lw=0.3, alpha=0.5)
-        ax.legend(fontsize=7, frameon=False)
-    for ax in axes.ravel():
-        if not ax.has_data():
-            ax.set_axis_off()
-    fig.suptitle("Kept rank per layer (solid: client uploads, mean; dashed: server broadcast)",
-                 fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _finish(fig, axes, "Kept rank per layer (solid: client uploads, mean; dashed: server broadcast)")
     return fig
-
-
-def figure_svd_ranks(runs, stem: str | Path) -> list[Path]:
-    return save_figure(svd_ranks_figure(runs), stem)
 
 
 FIGURES = {
@@ -273,8 +237,8 @@ FIGURES = {
 }
 
 
-def run_figure(name: str, run_paths: Sequence[str | Path], stem: str | Path) -> list[Path]:
+def build(name: str, tidy: pd.DataFrame):
     key = name.lower().replace("-", "_")
     if key not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; choose one of f3, {', '.join(FIGURES)}")
-    return save_figure(FIGURES[key](load_runs(run_paths)), stem)
+    return FIGURES[key](tidy)

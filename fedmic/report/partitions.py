@@ -14,15 +14,9 @@ import pandas as pd
 
 from fedmic.data.partition import Partition, load_partition
 from fedmic.report.io import save_figure, write_table
+from fedmic.report.views import pretty_dataset
 
 LabelsLoader = Callable[[str], Mapping[str, np.ndarray]]
-
-_PRETTY = {
-    "bloodmnist": "BloodMNIST", "tissuemnist": "TissueMNIST", "organamnist": "OrganAMNIST",
-    "organsmnist": "OrganSMNIST", "organcmnist": "OrganCMNIST", "pathmnist": "PathMNIST",
-    "dermamnist": "DermaMNIST", "octmnist": "OCTMNIST", "pneumoniamnist": "PneumoniaMNIST",
-    "retinamnist": "RetinaMNIST", "breastmnist": "BreastMNIST", "chestmnist": "ChestMNIST",
-}
 
 T1_COLUMNS = [
     "dataset", "scheme", "lambda", "clients", "seed", "classes",
@@ -31,10 +25,6 @@ T1_COLUMNS = [
     "classes_mean", "classes_min", "classes_max",
     "local_majority_floor", "global_majority_floor", "redraws",
 ]
-
-
-def pretty_dataset(name: str) -> str:
-    return _PRETTY.get(name.lower(), name)
 
 
 def _load_all(paths: Sequence[Path], labels_loader: LabelsLoader):

@@ -1,50 +1,42 @@
-"""Tables T2-T9 (SPEC §3) from run JSONs.
+"""Tables T2-T9: each a view over the tidy results frame (fedmic.report.tidy), written by
+``fedmic.report.io.write_table`` (CSV + Markdown + LaTeX).
 
-Every table is written by ``fedmic.report.io.write_table`` (CSV + Markdown + LaTeX). Cells
-print mean ± std over seeds (std with ddof=1; one seed prints the mean alone); the best
-value of each column is bold, judged within each setting (dataset, λ, ...) on the mean.
-Display conventions:
-- ``n/a``: the runs give no value (an undefined AUC, no global model, no FedAvg to compare
-  with, a missing timing file);
-- ``–``: no run of that arm in that setting.
-
-Personalised numbers are, by default, the run's reported value (mean over the last k
-evaluated rounds, SPEC 2.2); ``select="valsel"`` uses the test value at the round chosen
-on the clients' validation sets instead.
+Cells print mean ± std over seeds (ddof=1; one seed prints the mean alone); the best value
+of each column is bold within its setting, judged on the mean; ``n/a``: no value (an
+undefined AUC, no global model, no FedAvg to compare with); ``–``: not run. Every
+personalised result sits beside the client-prior floor of its setting (each client outputs
+its own training label distribution for every image: ACC = the local-majority floor, AUC
+0.5 per client) and Δ columns give each arm's margin over it, run by run on the run's own
+partition. Personalised values are the run's reported ones (mean over its last ``last_k``
+evaluated rounds); ``select="valsel"`` uses the test value at the round chosen on the
+clients' validation sets instead.
 """
-
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from fedmic.report import views as v
 from fedmic.report.io import MISSING, mean_std, write_table
-from fedmic.report.runs import (
-    arm_order,
-    bytes_to_target,
-    dim_header,
-    dim_value,
-    load_runs,
-    setting_text,
-)
 
 NA = "n/a"
-TARGET_FRACTION = 0.95  # default target: this fraction of FedAvg's reported accuracy
+ALPHA = 0.05  # two-sided level of T2's paired test
+TARGET_SHARE = 0.9  # T4: the target closes this share of the gap from the floor to FedAvg
 FLOAT32_BYTES = 4
-LOCAL_FLOOR = "local-majority floor"
+PRIOR_FLOOR = "client-prior floor"
 GLOBAL_FLOOR = "global-majority floor"
+PERSONAL = ("acc", "auc", "f1", "auc_pooled", "acc_std", "acc_worst_decile")
+PRIOR = {"acc": "client_prior_acc", "auc": "client_prior_auc", "f1": "client_prior_f1"}
+FLOORS = ("client_prior_acc", "client_prior_auc", "client_prior_f1", "client_prior_auc_pooled",
+          "global_majority_acc", "auc_clients")
 # T6: parameters of the sensitivity study; the energy schedule is one parameter
-SENSITIVITY = {
-    "energy (E_start→E_end)": ("energy_start", "energy_end"),
-    "τ": ("tau",),
-    "α": ("alpha",),
-    "β": ("beta",),
-}
+SENSITIVITY = {"energy (E_start→E_end)": ("energy_start", "energy_end"), "τ": ("tau",), "α": ("alpha",),
+               "β": ("beta",)}
 
 
 @dataclass
@@ -54,216 +46,235 @@ class Table:
     bold: dict = field(default_factory=dict)
     bold_by: dict = field(default_factory=dict)
     group_by: list = field(default_factory=list)
-    formats: dict = field(default_factory=dict)
 
     def write(self, stem: str | Path) -> list[Path]:
         return write_table(self.df, stem, self.caption, bold=self.bold, bold_by=self.bold_by,
-                           group_by=self.group_by or None, formats=self.formats)
+                           group_by=self.group_by or None)
 
 
-# --------------------------------------------------------------------------- cells
-
-
-def _values(sub: pd.DataFrame, col: str) -> np.ndarray:
-    return pd.to_numeric(sub[col], errors="coerce").to_numpy(dtype=np.float64)
-
-
-def _mean(v: np.ndarray) -> float:
-    """Mean for ranking: NaN when any seed is NaN (mean_std prints n/a then)."""
-    return float(v.mean()) if v.size and np.all(np.isfinite(v)) else math.nan
-
-
-def _cell(v: np.ndarray, digits: int = 3, signed: bool = False) -> str:
-    if v.size == 0:
-        return MISSING
-    s = mean_std(v, digits=digits)
-    if signed and s != NA and not s.startswith("-"):
-        s = "+" + s
-    return s
-
-
-def _mb_digits(mb: float) -> int:
-    """Decimals showing about three significant digits of a size in MB."""
-    if not math.isfinite(mb) or mb == 0:
-        return 2
-    return int(min(6, max(1, 2 - math.floor(math.log10(abs(mb))))))
-
-
-def _mb_cell(bytes_: np.ndarray) -> str:
-    if bytes_.size == 0:
-        return MISSING
-    mb = bytes_ / 1e6
-    return mean_std(mb, digits=_mb_digits(float(np.nanmean(mb)) if np.isfinite(mb).any() else 0.0))
-
-
-class _Cols:
-    """Builds display columns with a numeric helper ranking each (kept in the CSV only)."""
+class Rows:
+    """Display cells with a numeric helper ranking each (the helper stays in the CSV only)."""
 
     def __init__(self):
+        self.rows: list[dict] = []
         self.bold: dict[str, str] = {}
         self.bold_by: dict[str, str] = {}
 
-    def add(self, row: dict, name: str, text: str, value: float, how: str | None) -> None:
+    def cell(self, row: dict, name: str, text: str, value: float = math.nan, how: str | None = None) -> None:
         row[name] = text
-        helper = f"{name} [value]"
-        row[helper] = value
-        self.bold_by[name] = helper
+        row[f"{name} [value]"] = value
+        self.bold_by[name] = f"{name} [value]"
         if how:
             self.bold[name] = how
 
+    def stat(self, row: dict, name: str, values, how: str | None = "max", signed: bool = False,
+             digits: int = 3) -> None:
+        """mean ± std of ``values`` (one per seed); the floors pass how=None (never bold)."""
+        x = np.asarray(values, dtype=float)
+        text = MISSING if x.size == 0 else mean_std(x, digits=digits)
+        if signed and text not in (NA, MISSING) and not text.startswith("-"):
+            text = "+" + text
+        self.cell(row, name, text, v.finite_mean(x) if how else math.nan, how)
 
-def _setting_tuples(runs: pd.DataFrame, dims: Sequence[str]) -> list[tuple]:
-    def key(t):
-        return tuple((0, float(x), "") if isinstance(x, (int, float)) and not isinstance(x, bool)
-                     else (1, 0.0, str(x)) for x in t)
-    tuples = {tuple(r) for r in runs[list(dims)].itertuples(index=False, name=None)}
-    return sorted(tuples, key=key)
-
-
-def _in_setting(runs: pd.DataFrame, dims: Sequence[str], values: Sequence) -> pd.DataFrame:
-    mask = np.ones(len(runs), dtype=bool)
-    for d, v in zip(dims, values):
-        mask &= (runs[d] == v).to_numpy()
-    return runs[mask]
+    def table(self, caption: str, group: Sequence[str] = ()) -> Table:
+        return Table(pd.DataFrame(self.rows), caption, self.bold, self.bold_by, list(group))
 
 
-def _dim_cols(dims: Sequence[str], values: Sequence) -> dict:
-    return {dim_header(d): dim_value(d, v) for d, v in zip(dims, values)}
-
-
-def _metric(select: str, key: str, glob: bool = False) -> str:
+def _select(select: str) -> str:
     if select not in ("last", "valsel"):
         raise ValueError(f"select must be 'last' or 'valsel', got {select!r}")
-    return ("g_" if glob else "") + ("valsel_" if select == "valsel" else "") + key
+    return select
 
 
-def _select_text(select: str, runs: pd.DataFrame | None = None) -> str:
+def _select_text(select: str, tidy: pd.DataFrame) -> str:
     if select == "valsel":
         return "test value at the round chosen on the clients' validation sets"
-    ks = sorted(set(int(k) for k in runs["last_k"])) if runs is not None and "last_k" in runs else []
-    k = "/".join(str(x) for x in ks) if ks else "k"
-    return f"mean over the last {k} evaluated rounds"
+    k = sorted({int(x) for x in tidy.loc[(tidy["scope"] == "config") & (tidy["metric"] == "last_k"), "value"]})
+    return f"mean over the last {'/'.join(map(str, k)) or 'k'} evaluated rounds"
 
 
-def _floor_values(sub: pd.DataFrame, col: str) -> np.ndarray:
-    """One floor per partition (arms share their partition's floors)."""
-    rep = [c for c in ("partition_seed",) if c in sub.columns]
-    if rep:
-        sub = sub.drop_duplicates(rep)
-    else:
-        sub = sub.iloc[:1]
-    return _values(sub, col)
-
-
-def _seed_span(runs: pd.DataFrame, dims: Sequence[str]) -> str:
-    n = runs.groupby(["label", *dims], dropna=False).size()
-    if n.empty:
-        return "0"
+def _seed_span(runs: pd.DataFrame, dim_cols: Sequence[str]) -> str:
+    n = runs.groupby([*dim_cols, "arm"], dropna=False).size()
     return f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
 
 
-def _runs(runs_or_paths) -> pd.DataFrame:
-    if isinstance(runs_or_paths, pd.DataFrame):
-        return runs_or_paths
-    return load_runs(runs_or_paths)
+def personal_runs(tidy: pd.DataFrame, select: str = "last") -> pd.DataFrame:
+    """One row per run: personalised results, floors of its partition and the margins over them."""
+    df = v.values(tidy, _select(select), "personal", PERSONAL)
+    floors = v.values(tidy, "run", "floor", FLOORS)[list(FLOORS)]
+    df = pd.concat([df, floors], axis=1)
+    for metric, floor in PRIOR.items():
+        df[f"d_{metric}"] = df[metric] - df[floor]
+    return df
+
+
+def _floor_rows(rows: Rows, dcells: dict, here: pd.DataFrame, columns: Sequence[str], floors: dict,
+                label_col: str = "method") -> None:
+    """One row per floor of a setting: ``floors`` = {row label: {display column: floor column}};
+    the other display columns print –."""
+    for label, mapping in floors.items():
+        row = {**dcells, label_col: label}
+        for name in columns:
+            if mapping.get(name):
+                rows.stat(row, name, v.partition_floor(here, mapping[name]), how=None)
+            else:
+                rows.cell(row, name, MISSING)
+        rows.rows.append(row)
+
+
+def _auc_clients(here: pd.DataFrame) -> str:
+    a, k = v.partition_floor(here, "auc_clients"), v.partition_floor(here, "clients")  # K of the run
+    if not (np.isfinite(a).all() and np.isfinite(k).all()) or not a.size:
+        return NA
+    lo, hi = int(a.min()), int(a.max())
+    return f"{lo}/{int(k.max())}" if lo == hi else f"{lo}–{hi}/{int(k.max())}"
 
 
 # --------------------------------------------------------------------------- T2
 
 
-def t2_table(runs, select: str = "last") -> Table:
-    """Main comparison: rows = arms (then the two floors), columns = setting × ACC/AUC/ΔACC."""
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    settings = _setting_tuples(runs, dims)
-    acc, auc = _metric(select, "acc"), _metric(select, "auc")
-    cols = _Cols()
-    rows = []
-    for arm in arm_order(runs):
-        row = {"method": arm}
-        for s in settings:
-            sub = _in_setting(runs, dims, s)
-            sub = sub[sub["label"] == arm]
-            name = setting_text(dims, s)
-            a = _values(sub, acc)
-            cols.add(row, f"{name} ACC", _cell(a), _mean(a), "max")
-            u = _values(sub, auc)
-            cols.add(row, f"{name} AUC", _cell(u), _mean(u), "max")
-            d = a - _values(sub, "floor_local")
-            cols.add(row, f"{name} ΔACC", _cell(d, signed=True), _mean(d), "max")
-        rows.append(row)
-    for label, col in ((LOCAL_FLOOR, "floor_local"), (GLOBAL_FLOOR, "floor_global")):
-        row = {"method": label}
-        for s in settings:
-            name = setting_text(dims, s)
-            f = _floor_values(_in_setting(runs, dims, s), col)
-            # floors are references, never "best": their helper stays NaN
-            cols.add(row, f"{name} ACC", _cell(f), math.nan, None)
-            cols.add(row, f"{name} AUC", MISSING, math.nan, None)
-            cols.add(row, f"{name} ΔACC", MISSING, math.nan, None)
-        rows.append(row)
+def paired_test(tidy: pd.DataFrame, setting: pd.DataFrame, arm_a: str, arm_b: str) -> dict:
+    """Wilcoxon signed-rank test (two-sided) of arm_a vs arm_b on the personalised test ACC of
+    each (seed, client) both report (clients pair up: the same seed shares the partition)."""
+    from scipy.stats import wilcoxon
+
+    keys = setting.loc[setting["arm"].isin([arm_a, arm_b]), v.RUN_KEY]
+    pc = v.per_client(tidy).merge(keys, on=v.RUN_KEY)
+    pairs = pc.pivot_table(index=["seed", "client"], columns="arm", values="value").dropna()
+    if arm_a not in pairs or arm_b not in pairs:
+        return {"n": 0, "p": math.nan, "diff": math.nan}
+    d = (pairs[arm_a] - pairs[arm_b]).to_numpy()
+    out = {"n": int(len(d)), "diff": float(np.median(d)) if len(d) else math.nan, "p": math.nan}
+    if np.any(d != 0):
+        out["p"] = float(wilcoxon(pairs[arm_a], pairs[arm_b], zero_method="wilcox").pvalue)
+    elif len(d):
+        out["p"] = 1.0  # every pair equal: no evidence of a difference
+    return out
+
+
+def _test_text(res: dict) -> str:
+    if res["n"] == 0:
+        return NA
+    if not math.isfinite(res["p"]) or res["p"] >= ALPHA:
+        verdict = "n.s."
+    else:
+        verdict = "higher" if res["diff"] > 0 else "lower"
+    p = "1" if res["p"] == 1.0 else f"{res['p']:.2g}"
+    return f"{verdict}, p={p}, n={res['n']}"
+
+
+def fedmic_arm(here: pd.DataFrame) -> str | None:
+    """FedMIC at its defaults (the arm named fedmic if there is one)."""
+    cand = here[(here["method"] == "fedmic") & (here["hp_changes"] == "{}")]
+    if cand.empty:
+        return None
+    return "fedmic" if (cand["arm"] == "fedmic").any() else v.arm_order(cand)[0]
+
+
+def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
+    """Main comparison: per setting, every arm's personalised ACC, AUC, F1 with its margin over
+    the client-prior floor, the pooled AUC, and FedMIC against the best baseline."""
+    runs = personal_runs(tidy, select)
+    dim_cols = v.dims(runs)
+    rows, tests = Rows(), []
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        dcells = v.dim_cells(dim_cols, s)
+        mic = fedmic_arm(here) if select == "last" else None
+        base = here[here["method"] != "fedmic"].groupby("arm", sort=False)["acc"].mean()
+        best = base.idxmax() if mic and base.notna().any() else None
+        res = paired_test(tidy, here, mic, best) if best else None
+        if res:
+            tests.append(res["n"])
+        cols = {"ACC": "acc", "ΔACC": "d_acc", "AUC": "auc", "ΔAUC": "d_auc", "F1": "f1", "ΔF1": "d_f1",
+                "AUC pooled": "auc_pooled"}
+        for arm in v.arm_order(here):
+            sub = here[here["arm"] == arm]
+            row = {**dcells, "method": sub["label"].iloc[0]}
+            for name, col in cols.items():
+                rows.stat(row, name, sub[col], signed=name.startswith("Δ"))
+            row["AUC clients"] = ""
+            row["FedMIC vs best baseline"] = (_test_text(res) if arm == mic else
+                                              "best baseline" if arm == best else "")
+            rows.rows.append(row)
+        _floor_rows(rows, dcells, here, list(cols), {
+            PRIOR_FLOOR: {"ACC": "client_prior_acc", "AUC": "client_prior_auc", "F1": "client_prior_f1",
+                          "AUC pooled": "client_prior_auc_pooled"},
+            GLOBAL_FLOOR: {"ACC": "global_majority_acc"}})
+        rows.rows[-2]["AUC clients"] = _auc_clients(here)
+        rows.rows[-1]["AUC clients"] = ""
+        for r in rows.rows[-2:]:
+            r["FedMIC vs best baseline"] = ""
+    test_text = ""
+    if tests and max(tests) > 0:
+        n = f"{min(tests)}" if min(tests) == max(tests) else f"{min(tests)}–{max(tests)}"
+        test_text = (f" FedMIC vs best baseline: two-sided Wilcoxon signed-rank test of FedMIC's "
+                     f"personalised test ACC against the baseline with the highest mean ACC in the "
+                     f"setting, paired by (seed, client) ({n} pairs per setting; zero differences "
+                     f"dropped); higher/lower: p < {ALPHA:g}, n.s.: not significant at {ALPHA:g}.")
     caption = (
-        f"Main comparison: personalised test accuracy (ACC) and AUC, each client's evaluated "
-        f"model on its own test set ({_select_text(select, runs)}), mean ± std over seeds "
-        f"({_seed_span(runs, dims)} per cell). ΔACC: margin over the local-majority floor (each "
-        f"client predicts its own training majority class). Floors: accuracy of the trivial "
-        f"predictors on the same test images. Best per column in bold; n/a: undefined; "
-        f"–: not run."
+        f"Main comparison: personalised test ACC, AUC and macro-F1 ({_select_text(select, tidy)}), "
+        f"each client's evaluated model on its own test set, computed per client and averaged over "
+        f"clients weighted by their test images; AUC over the clients whose test set holds two or "
+        f"more classes ('AUC clients', the others have no AUC). Mean ± std over seeds "
+        f"({_seed_span(runs, dim_cols)} per cell). Δ: margin over the {PRIOR_FLOOR} (each client "
+        f"outputs its own training label distribution: ACC = its majority class, AUC 0.5), run by "
+        f"run. AUC pooled: one AUC over all clients' pooled predictions (secondary: it rewards "
+        f"knowing each client's label mix, as the floor's pooled AUC shows). {GLOBAL_FLOOR}: every "
+        f"client predicts the majority class of all training images.{test_text} Best per column "
+        f"within each setting in bold; n/a: undefined; –: not applicable."
     )
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by)
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols])
 
 
 # --------------------------------------------------------------------------- T3 / T7
 
 
-def _pivot(runs: pd.DataFrame, pivot: str, header: Callable[[object], str], select: str) -> Table:
-    """Rows = setting × arm (plus the local-majority floor), columns = values of ``pivot``."""
-    dims = [d for d in runs.attrs["dims"] if d != pivot]
+def _pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], select: str) -> Table:
+    """Rows = setting × arm (+ the client-prior floor), columns = ACC and ΔACC per ``pivot`` value."""
+    runs = personal_runs(tidy, select)
+    dim_cols = v.dims(runs, exclude=[pivot])
     values = sorted(runs[pivot].unique())
-    acc = _metric(select, "acc")
-    cols = _Cols()
-    rows = []
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        for arm in arm_order(here):
-            row = {**_dim_cols(dims, s), "method": arm}
-            for v in values:
-                sub = here[(here["label"] == arm) & (here[pivot] == v)]
-                a = _values(sub, acc)
-                cols.add(row, header(v), _cell(a), _mean(a), "max")
-            rows.append(row)
-        row = {**_dim_cols(dims, s), "method": LOCAL_FLOOR}
-        for v in values:
-            sub = here[here[pivot] == v]
-            f = _floor_values(sub, "floor_local") if len(sub) else np.array([])
-            cols.add(row, header(v), _cell(f), math.nan, None)
-        rows.append(row)
-    group = [dim_header(d) for d in dims]
-    return Table(pd.DataFrame(rows), "", bold=cols.bold, bold_by=cols.bold_by, group_by=group)
+    rows = Rows()
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        for arm in [*v.arm_order(here), None]:
+            row = {**v.dim_cells(dim_cols, s), "method": PRIOR_FLOOR if arm is None else
+                   here.loc[here["arm"] == arm, "label"].iloc[0]}
+            for x in values:
+                sub = here[here[pivot] == x]
+                if arm is None:
+                    rows.stat(row, header(x), v.partition_floor(sub, "client_prior_acc"), how=None)
+                    rows.cell(row, f"Δ {header(x)}", MISSING)
+                else:
+                    sub = sub[sub["arm"] == arm]
+                    rows.stat(row, header(x), sub["acc"])
+                    rows.stat(row, f"Δ {header(x)}", sub["d_acc"], signed=True)
+            rows.rows.append(row)
+    return rows.table("", [v.DIM_HEADER[d] for d in dim_cols]), runs, dim_cols
 
 
-def t3_table(runs, select: str = "last") -> Table:
+def t3_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Low participation: personalised ACC per arm × join ratio."""
-    runs = _runs(runs)
-    t = _pivot(runs, "join_ratio", lambda v: f"join ratio {v:g}", select)
+    t, runs, dim_cols = _pivot(tidy, "join_ratio", lambda x: f"join ratio {x:g}", select)
     t.caption = (
-        f"Low participation: personalised test ACC ({_select_text(select, runs)}) for each fraction of "
-        f"clients sampled per round (join ratio), mean ± std over seeds "
-        f"({_seed_span(runs, runs.attrs['dims'])} per cell). All clients are evaluated every "
-        f"time. Best per column within each setting in bold; n/a: undefined; –: not run."
+        f"Low participation: personalised test ACC ({_select_text(select, tidy)}) for each fraction of "
+        f"clients sampled per round (join ratio), mean ± std over seeds ({_seed_span(runs, dim_cols)} per "
+        f"cell), and Δ, the margin over the {PRIOR_FLOOR} (each client outputs its own training label "
+        f"distribution). Every client is evaluated every time. Best per column within each setting "
+        f"in bold; n/a: undefined; –: not run."
     )
     return t
 
 
-def t7_table(runs, select: str = "last") -> Table:
+def t7_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Number of clients: personalised ACC per arm × K."""
-    runs = _runs(runs)
-    t = _pivot(runs, "clients", lambda v: f"K={int(v)}", select)
+    t, runs, dim_cols = _pivot(tidy, "clients", lambda x: f"K={int(x)}", select)
     t.caption = (
-        f"Number of clients K: personalised test ACC ({_select_text(select, runs)}), mean ± std over "
-        f"seeds ({_seed_span(runs, runs.attrs['dims'])} per cell). Each K has its own partition, "
-        f"hence its own local-majority floor. Best per column within each setting in bold; "
-        f"n/a: undefined; –: not run."
+        f"Number of clients K: personalised test ACC ({_select_text(select, tidy)}), mean ± std over "
+        f"seeds ({_seed_span(runs, dim_cols)} per cell), and Δ, the margin over the {PRIOR_FLOOR}. "
+        f"Each K has its own partition, hence its own floor. Best per column within each setting "
+        f"in bold; n/a: undefined; –: not run."
     )
     return t
 
@@ -271,158 +282,147 @@ def t7_table(runs, select: str = "last") -> Table:
 # --------------------------------------------------------------------------- T4
 
 
-def _reference(here: pd.DataFrame, method: str = "fedavg") -> pd.DataFrame:
-    """The runs of the method's default arm in this setting (first label if several)."""
-    ref = here[here["method"] == method]
-    if ref.empty:
-        return ref
-    # prefer the arm that is plainly the method (not renamed, default hyperparameters)
-    for col, want in (("arm", method), ("changes", "default")):
-        if (ref[col] == want).any():
-            ref = ref[ref[col] == want]
-    return ref[ref["label"] == arm_order(ref)[0]]
+def reference_arm(here: pd.DataFrame, method: str = "fedavg") -> str | None:
+    """The plain FedAvg arm of a setting (named fedavg, else FedAvg at its defaults)."""
+    cand = here[(here["method"] == method) & (here["hp_changes"] == "{}")]
+    if cand.empty:
+        return None
+    return method if (cand["arm"] == method).any() else v.arm_order(cand)[0]
 
 
-def default_target(here: pd.DataFrame) -> tuple[float, str]:
-    """The default target accuracy of one setting, and the rule that gave it.
-
-    TARGET_FRACTION × FedAvg's reported personalised accuracy (mean over its seeds of the
-    mean over the last k evaluated rounds); without a FedAvg run in the setting,
-    TARGET_FRACTION × the lowest such accuracy among the arms."""
-    ref = _reference(here)
-    if not ref.empty:
-        return TARGET_FRACTION * _mean(_values(ref, "acc")), "fedavg"
-    per_arm = here.groupby("label")["acc"].mean()
-    return TARGET_FRACTION * float(per_arm.min()), "lowest"
+def default_target(here: pd.DataFrame) -> float:
+    """global-majority floor + TARGET_SHARE × (FedAvg's reported global ACC − floor), in one
+    setting; NaN without FedAvg or when FedAvg does not beat the floor (nothing to learn)."""
+    ref = reference_arm(here)
+    if ref is None:
+        return math.nan
+    floor = v.finite_mean(v.partition_floor(here, "global_majority_acc"))
+    fedavg = v.finite_mean(here.loc[here["arm"] == ref, "g_acc"])
+    return floor + TARGET_SHARE * (fedavg - floor) if fedavg > floor else math.nan
 
 
-def t4_table(runs, target: float | None = None) -> Table:
-    """Communication: bytes per round and in total, ratio to FedAvg, bytes to the target."""
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    cols = _Cols()
-    rows = []
-    rules = set()
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        if target is None:
-            tgt, rule = default_target(here)
-            rules.add(rule)
-        else:
-            tgt = float(target)
-        ref = _reference(here)
-        ref_up = _mean(_values(ref, "uplink_per_round")) if not ref.empty else math.nan
-        for arm in arm_order(here):
-            sub = here[here["label"] == arm]
-            row = {**_dim_cols(dims, s), "method": arm}
-            for col, name in (("uplink_per_round", "uplink/round (MB)"),
-                              ("downlink_per_round", "downlink/round (MB)"),
-                              ("uplink_total", "uplink total (MB)"),
-                              ("downlink_total", "downlink total (MB)")):
-                v = _values(sub, col)
-                cols.add(row, name, _mb_cell(v), _mean(v), "min")
-            up = _mean(_values(sub, "uplink_per_round"))
-            ratio = up / ref_up if math.isfinite(ref_up) and ref_up > 0 else math.nan
-            cols.add(row, "uplink ÷ FedAvg", NA if not math.isfinite(ratio) else f"{ratio:.3g}",
-                     ratio, "min")
-            row["target ACC"] = NA if not math.isfinite(tgt) else f"{tgt:.3f}"
-            reached = [bytes_to_target(r["history"], tgt) if math.isfinite(tgt) else (None, None)
-                       for r in sub["run"]]
-            got = np.array([b for _, b in reached if b is not None], dtype=np.float64)
-            rnds = np.array([r for r, _ in reached if r is not None], dtype=np.float64)
-            if not math.isfinite(tgt):
+def bytes_to_target(rounds: pd.DataFrame, target: float) -> tuple[float, float]:
+    """(round, cumulative uplink + downlink bytes through it) of a run's first evaluated round
+    whose global test ACC is >= target; NaN, NaN when it never gets there."""
+    hit = rounds[rounds["value"] >= target].sort_values("round")
+    if hit.empty:
+        return math.nan, math.nan
+    return float(hit["round"].iloc[0]), float(hit["cum_bytes"].iloc[0])
+
+
+def _mb_text(mb: np.ndarray) -> str:
+    if mb.size == 0:
+        return MISSING
+    m = float(np.nanmean(mb)) if np.isfinite(mb).any() else 0.0
+    digits = 2 if not math.isfinite(m) or m == 0 else int(min(6, max(1, 2 - math.floor(math.log10(abs(m))))))
+    return mean_std(mb, digits=digits)
+
+
+def t4_table(tidy: pd.DataFrame, target: float | None = None) -> Table:
+    """Communication: bytes per round and per run, ratios to FedAvg, bytes to a target global ACC."""
+    comm = ("uplink_per_round", "downlink_per_round", "uplink_total", "downlink_total")
+    runs = pd.concat([v.values(tidy, "run", "comm", comm, split=None),
+                      v.values(tidy, "last", "global", ["acc"], prefix="g_")[["g_acc"]],
+                      v.values(tidy, "run", "floor", ["global_majority_acc"])[["global_majority_acc"]]], axis=1)
+    curves = v.per_round(tidy, "global", "acc")
+    dim_cols = v.dims(runs)
+    rows = Rows()
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        tgt = float(target) if target is not None else default_target(here)
+        ref = reference_arm(here)
+        ref_totals = {c: v.finite_mean(here.loc[here["arm"] == ref, c]) if ref else math.nan
+                      for c in ("uplink_total", "downlink_total")}
+        for arm in v.arm_order(here):
+            sub = here[here["arm"] == arm]
+            row = {**v.dim_cells(dim_cols, s), "method": sub["label"].iloc[0]}
+            for name, col in (("uplink/round (MB)", "uplink_per_round"), ("downlink/round (MB)", "downlink_per_round"),
+                              ("uplink total (MB)", "uplink_total"), ("downlink total (MB)", "downlink_total")):
+                rows.cell(row, name, _mb_text(sub[col].to_numpy(float) / 1e6), v.finite_mean(sub[col]), "min")
+            for name, col in (("uplink ÷ FedAvg", "uplink_total"), ("downlink ÷ FedAvg", "downlink_total")):
+                ratio = v.finite_mean(sub[col]) / ref_totals[col] if ref_totals[col] > 0 else math.nan
+                rows.cell(row, name, f"{ratio:.3g}" if math.isfinite(ratio) else NA, ratio, "min")
+            rows.cell(row, "target global ACC", f"{tgt:.3f}" if math.isfinite(tgt) else NA, tgt)
+            mine = curves.merge(sub[v.RUN_KEY], on=v.RUN_KEY)
+            if mine.empty:
+                text, value, rtext = NA, math.nan, "no global model"
+            elif not math.isfinite(tgt):
                 text, value, rtext = NA, math.nan, NA
-            elif got.size == 0:
-                text, value, rtext = "not reached", math.nan, "not reached"
             else:
-                text = _mb_cell(got)
-                rtext = mean_std(rnds, digits=1)
-                if got.size < len(sub):
-                    text += f" ({got.size}/{len(sub)} seeds)"
-                    rtext += f" ({rnds.size}/{len(sub)} seeds)"
-                    value = math.nan  # not comparable with arms that always reach it
+                hits = [bytes_to_target(g, tgt) for _, g in mine.groupby("seed")]
+                got = np.array([b for _, b in hits if math.isfinite(b)])
+                rnds = np.array([r for r, _ in hits if math.isfinite(r)])
+                if got.size == 0:
+                    text, value, rtext = "not reached", math.nan, "not reached"
                 else:
-                    value = float(got.mean())
-            cols.add(row, "to target (MB)", text, value, "min")
+                    text, rtext = _mb_text(got / 1e6), mean_std(rnds, digits=1)
+                    value = float(got.mean()) if got.size == len(hits) else math.nan
+                    if got.size < len(hits):  # not comparable with arms that always get there
+                        text += f" ({got.size}/{len(hits)} seeds)"
+                        rtext += f" ({got.size}/{len(hits)} seeds)"
+            rows.cell(row, "to target (MB)", text, value, "min")
             row["round reached"] = rtext
-            rows.append(row)
-    if target is not None:
-        rule_text = f"target accuracy {float(target):.3f} (given)"
-    else:
-        rule_text = (f"target accuracy: {TARGET_FRACTION:g} × FedAvg's reported personalised ACC "
-                     f"in the same setting")
-        if "lowest" in rules:
-            rule_text += (f" (settings without FedAvg: {TARGET_FRACTION:g} × the lowest reported "
-                          f"ACC among the arms)")
+            rows.rows.append(row)
+    rule = (f"the given target global ACC {float(target):.3f}" if target is not None else
+            f"a target global ACC of the {GLOBAL_FLOOR} + {TARGET_SHARE:g} × (FedAvg's reported global ACC "
+            f"− that floor) in the setting (n/a where FedAvg does not beat the floor)")
     caption = (
-        "Communication: bytes moved per round (all sampled clients together) and over the whole "
-        "run, uplink and downlink, as counted exactly from the tensors sent (1 MB = 10^6 bytes; "
-        "raw bytes in the CSV), mean ± std over seeds. uplink ÷ FedAvg: uplink per round "
-        "relative to FedAvg in the same setting. to target (MB): cumulative uplink + downlink "
-        "bytes through the first evaluated round whose personalised test ACC reaches the "
-        f"{rule_text}; 'not reached' when no seed reaches it (k/n seeds: only k of n seeds "
-        "did). Fewest bytes in bold; n/a: undefined."
+        "Communication: bytes moved per round (all sampled clients together) and over the whole run, "
+        "uplink and downlink, counted exactly from the tensors sent (1 MB = 10^6 bytes), mean ± std "
+        "over seeds; ÷ FedAvg: the run's total relative to FedAvg in the same setting. to target "
+        "(MB): cumulative uplink + downlink bytes through the first evaluated round at which the "
+        f"global model, on the official test split, reaches {rule}; a floor-level model never does, and "
+        "methods without a global model (Local, and the personalised-only methods) print n/a. 'not "
+        "reached': no seed got there (k/n seeds: only k of n did). Fewest bytes in bold."
     )
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by,
-                 group_by=[dim_header(d) for d in dims])
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols])
 
 
-# --------------------------------------------------------------------------- T5
+# --------------------------------------------------------------------------- T5 / T6
 
 
-def _variant_name(arm: str, method: str, label: str, changes: str) -> str:
-    if arm != method:  # the config named the arm: trust it
-        return label
-    base = label.split(" (")[0]
-    return f"{base} (default)" if changes == "default" else f"{base} ({changes})"
-
-
-def _fedmic_runs(runs: pd.DataFrame, what: str) -> pd.DataFrame:
-    sub = runs[runs["method"] == "fedmic"]
+def _fedmic_only(tidy: pd.DataFrame, what: str) -> pd.DataFrame:
+    sub = tidy[tidy["method"] == "fedmic"]
     if sub.empty:
         raise ValueError(f"{what}: no FedMIC runs (config method 'fedmic') among the inputs")
-    sub = sub.copy()
-    sub.attrs = dict(runs.attrs)
+    # the floors rows belong to the same runs, so they come along
     return sub
 
 
-def t5_table(runs, select: str = "last") -> Table:
-    """Ablation of FedMIC's parts: one row per FedMIC variant."""
-    runs = _fedmic_runs(_runs(runs), "T5")
-    dims = runs.attrs["dims"]
-    acc, auc = _metric(select, "acc"), _metric(select, "auc")
-    cols = _Cols()
-    rows = []
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        for arm in arm_order(here):
-            sub = here[here["label"] == arm]
-            first = sub.iloc[0]
-            row = {**_dim_cols(dims, s),
-                   "variant": _variant_name(first["arm"], first["method"], arm, first["changes"]),
-                   "changed from default": first["changes"]}
-            a, u = _values(sub, acc), _values(sub, auc)
-            cols.add(row, "ACC", _cell(a), _mean(a), "max")
-            cols.add(row, "AUC", _cell(u), _mean(u), "max")
-            d = a - _values(sub, "floor_local")
-            cols.add(row, "ΔACC", _cell(d, signed=True), _mean(d), "max")
-            rows.append(row)
+def t5_table(tidy: pd.DataFrame, select: str = "last") -> Table:
+    """Ablation of FedMIC's parts: one row per FedMIC variant (+ the client-prior floor)."""
+    tidy = _fedmic_only(tidy, "T5")
+    runs = personal_runs(tidy, select)
+    runs = runs.join(v.values(tidy, "run", "comm", ["uplink_total"], split=None)[["uplink_total"]])
+    dim_cols = v.dims(runs)
+    rows = Rows()
+    cols = {"ACC": "acc", "ΔACC": "d_acc", "AUC": "auc", "ΔAUC": "d_auc", "F1": "f1", "ΔF1": "d_f1"}
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        dcells = v.dim_cells(dim_cols, s)
+        for arm in v.arm_order(here):
+            sub = here[here["arm"] == arm]
+            changes = v.describe_changes(sub["changes"].iloc[0])
+            row = {**dcells, "variant": sub["label"].iloc[0], "changed from default": changes}
+            for name, col in cols.items():
+                rows.stat(row, name, sub[col], signed=name.startswith("Δ"))
+            rows.stat(row, "uplink total (MB)", sub["uplink_total"] / 1e6, how="min", digits=3)
+            rows.rows.append(row)
+        _floor_rows(rows, dcells, here, [*cols, "uplink total (MB)"],
+                    {PRIOR_FLOOR: {name: PRIOR[col] for name, col in cols.items() if col in PRIOR}}, "variant")
+        rows.rows[-1]["changed from default"] = ""
     caption = (
-        f"Ablation of FedMIC's parts: every FedMIC run, labelled by the hyperparameters that "
-        f"differ from FedMIC's defaults (representation/decision distillation, auxiliary "
-        f"matrices, adaptive weighting, global parameter decomposition (GPD off: dense "
-        f"uploads), fixed rank). Personalised test ACC and AUC ({_select_text(select, runs)}), "
-        f"mean ± std over seeds; ΔACC: margin over the local-majority floor. Best per column "
-        f"within each setting in bold; n/a: undefined."
+        f"Ablation of FedMIC's parts: every FedMIC run, labelled by the hyperparameters that differ "
+        f"from FedMIC's defaults (representation/decision distillation, auxiliary matrices, adaptive "
+        f"weighting, global parameter decomposition (GPD off: dense uploads), fixed rank). "
+        f"Personalised test ACC, AUC and F1 ({_select_text(select, tidy)}), mean ± std over seeds; Δ: "
+        f"margin over the {PRIOR_FLOOR}; uplink over the whole run. Best per column within each "
+        f"setting in bold; n/a: undefined."
     )
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by,
-                 group_by=[dim_header(d) for d in dims])
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols])
 
 
-# --------------------------------------------------------------------------- T6
-
-
-def _sensitivity_param(changes: Mapping) -> str | None:
+def _sensitivity_param(changes: dict) -> str | None:
     """The one parameter a run varies ('' for the default), None if another or several."""
     if not changes:
         return ""
@@ -432,150 +432,134 @@ def _sensitivity_param(changes: Mapping) -> str | None:
     return None
 
 
-def _param_value(name: str, hp: Mapping) -> str:
-    keys = SENSITIVITY[name]
-    return "→".join(f"{hp.get(k):g}" if isinstance(hp.get(k), (int, float)) else str(hp.get(k))
-                    for k in keys)
-
-
-def _param_sort(name: str, hp: Mapping) -> tuple:
-    return tuple(float(hp[k]) if isinstance(hp.get(k), (int, float)) else math.inf
-                 for k in SENSITIVITY[name])
-
-
-def t6_table(runs, select: str = "last") -> Table:
+def t6_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Sensitivity: FedMIC runs that change exactly one of the energy schedule, τ, α, β."""
-    runs = _fedmic_runs(_runs(runs), "T6")
-    attrs = dict(runs.attrs)
-    runs = runs.assign(param=[_sensitivity_param(c) for c in runs["hp_changes"]])
+    tidy = _fedmic_only(tidy, "T6")
+    runs = personal_runs(tidy, select)
+    runs = runs.join(v.values(tidy, "run", "comm", ["uplink_per_round"], split=None)[["uplink_per_round"]])
+    runs["param"] = [_sensitivity_param(c) for c in runs["changes"]]
     runs = runs[runs["param"].notna()]
-    runs.attrs = attrs
     if (runs["param"] == "").all():
         raise ValueError("T6: no FedMIC run changes the energy schedule, tau, alpha or beta alone")
-    dims = runs.attrs["dims"]
-    acc, auc = _metric(select, "acc"), _metric(select, "auc")
-    cols = _Cols()
-    rows = []
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        for name in SENSITIVITY:
+    dim_cols = v.dims(runs)
+    rows = Rows()
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        dcells = v.dim_cells(dim_cols, s)
+        for name, keys in SENSITIVITY.items():
             varied = here[here["param"] == name]
             if varied.empty:
                 continue
-            default = here[here["param"] == ""]
-            variants = [(lab, g) for lab, g in pd.concat([default, varied]).groupby("label", sort=False)]
-            variants.sort(key=lambda lg: _param_sort(name, lg[1].iloc[0]["hp"]))
-            for lab, sub in variants:
-                hp = sub.iloc[0]["hp"]
-                value = _param_value(name, hp)
-                if sub.iloc[0]["param"] == "":
-                    value += " (default)"
-                row = {**_dim_cols(dims, s), "parameter": name, "value": value}
-                a, u = _values(sub, acc), _values(sub, auc)
-                cols.add(row, "ACC", _cell(a), _mean(a), "max")
-                cols.add(row, "AUC", _cell(u), _mean(u), "max")
-                up = _values(sub, "uplink_per_round")
-                cols.add(row, "uplink/round (MB)", _mb_cell(up), _mean(up), "min")
-                rows.append(row)
+            group = pd.concat([here[here["param"] == ""], varied])
+            arms = sorted(v.arm_order(group), key=lambda a: tuple(
+                float(group.loc[group["arm"] == a, "changes"].iloc[0].get(k, _default(k))) for k in keys))
+            for arm in arms:
+                sub = group[group["arm"] == arm]
+                ch = sub["changes"].iloc[0]
+                value = "→".join(fmt_num(ch.get(k, _default(k))) for k in keys)
+                row = {**dcells, "parameter": name, "value": value + (" (default)" if not ch else "")}
+                rows.stat(row, "ACC", sub["acc"])
+                rows.stat(row, "ΔACC", sub["d_acc"], signed=True)
+                rows.stat(row, "AUC", sub["auc"])
+                rows.stat(row, "uplink/round (MB)", sub["uplink_per_round"] / 1e6, how="min", digits=4)
+                rows.rows.append(row)
+        _floor_rows(rows, dcells, here, ["ACC", "ΔACC", "AUC", "uplink/round (MB)"],
+                    {PRIOR_FLOOR: {"ACC": "client_prior_acc", "AUC": "client_prior_auc"}}, "parameter")
+        rows.rows[-1]["value"] = ""
     caption = (
         f"Sensitivity of FedMIC to the energy schedule (E_start→E_end of the kept singular-value "
         f"energy), the distillation temperature τ and the weights α (decision-level) and β "
-        f"(representation-level): runs that change exactly one of them from the defaults, beside "
-        f"the default. Personalised test ACC and AUC ({_select_text(select, runs)}) and uplink bytes per "
-        f"round (all sampled clients), mean ± std over seeds. Best per parameter within each "
-        f"setting in bold; n/a: undefined."
+        f"(representation-level): runs that change exactly one of them, beside the default. "
+        f"Personalised test ACC and AUC ({_select_text(select, tidy)}), Δ: margin over the "
+        f"{PRIOR_FLOOR}, and uplink bytes per round (all sampled clients), mean ± std over seeds. "
+        f"Best per parameter within each setting in bold; n/a: undefined."
     )
-    group = [dim_header(d) for d in dims] + ["parameter"]
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by, group_by=group)
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols] + ["parameter"])
+
+
+def _default(key: str):
+    from fedmic.algorithms import algorithm_defaults
+
+    return algorithm_defaults("fedmic")[key]
+
+
+def fmt_num(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 # --------------------------------------------------------------------------- T8
 
 
-def client_memory_bytes(row: Mapping) -> float:
-    """Per-client persistent memory: a method that keeps its own model on every client
-    (the run JSON has params.personal) stores personal params × 4 bytes (float32); a method
-    whose clients keep nothing between rounds stores 0. Optimiser state, auxiliary
-    matrices and buffers are not counted."""
-    p = row.get("params_personal")
-    if p is None or not math.isfinite(p):
-        return 0.0
-    return float(p) * FLOAT32_BYTES
-
-
-def t8_table(runs) -> Table:
+def t8_table(tidy: pd.DataFrame) -> Table:
     """Cost per arm: parameters, local training time, client memory, peak RSS."""
-    runs = _runs(runs)
-    dims = [d for d in runs.attrs["dims"] if d != "lam"]  # cost barely depends on λ
-    cols = _Cols()
-    rows = []
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        for arm in arm_order(here):
-            sub = here[here["label"] == arm]
-            row = {**_dim_cols(dims, s), "method": arm}
-            shared = _values(sub, "params_shared")
-            personal = _values(sub, "params_personal")
+    runs = v.values(tidy, "run", "cost", ["params_shared", "params_personal", "train_s_per_client",
+                                          "peak_rss_mb"], split=None)
+    dim_cols = v.dims(runs, exclude=["lam"])  # cost barely depends on λ
+    rows = Rows()
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        for arm in v.arm_order(here):
+            sub = here[here["arm"] == arm]
+            row = {**v.dim_cells(dim_cols, s), "method": sub["label"].iloc[0]}
+            shared, personal = sub["params_shared"].to_numpy(float), sub["params_personal"].to_numpy(float)
             evaluated = np.where(np.isfinite(personal), personal, shared)
-            for name, v in (("shared params", shared), ("evaluated params", evaluated)):
-                cols.add(row, name, f"{int(np.nanmax(v))}" if np.isfinite(v).any() else NA,
-                         float(np.nanmax(v)) if np.isfinite(v).any() else math.nan, None)
-            t = _values(sub, "train_s_per_client")
-            cols.add(row, "train s/client/round", _cell(t, digits=3), _mean(t), "min")
-            mem = np.array([client_memory_bytes(r) for _, r in sub.iterrows()])
-            cols.add(row, "client memory (MB)", _mb_cell(mem), _mean(mem), "min")
-            rss = _values(sub, "peak_rss_mb")
-            cols.add(row, "peak RSS (MB)", _cell(rss, digits=0), _mean(rss), "min")
-            rows.append(row)
+            for name, x in (("shared params", shared), ("evaluated params", evaluated)):
+                top = float(np.nanmax(x)) if np.isfinite(x).any() else math.nan
+                rows.cell(row, name, f"{int(top)}" if math.isfinite(top) else NA, top)
+            rows.stat(row, "train s/client/round", sub["train_s_per_client"], how="min")
+            memory = np.where(np.isfinite(personal), personal * FLOAT32_BYTES, 0.0) / 1e6
+            rows.cell(row, "client memory (MB)", _mb_text(memory), v.finite_mean(memory), "min")
+            rows.stat(row, "peak RSS (MB)", sub["peak_rss_mb"], how="min", digits=0)
+            rows.rows.append(row)
     caption = (
-        "Cost: parameters of the shared model and of the evaluated model (personalised "
-        "methods: the client's own model; others: the shared model); local training time per "
-        "sampled client per round (the round's training wall time, broadcast and aggregation "
-        "included, divided by the sampled clients; from the run's timing file); per-client "
-        "persistent memory, estimated as evaluated params × 4 bytes (float32) for methods that "
-        "keep a model on every client and 0 for the others (optimiser state and auxiliary "
-        "matrices not counted); peak resident memory of the simulation process. Mean ± std "
-        "over seeds" + (" and λ" if "lam" in runs.attrs["dims"] else "") +
+        "Cost: parameters of the shared model and of the evaluated model (personalised methods: the "
+        "client's own model; others: the shared model); local training time per sampled client per "
+        "round (the round's training wall time, broadcast and aggregation included, divided by the "
+        "sampled clients; from the run's timing file); per-client persistent memory, estimated as "
+        "evaluated params × 4 bytes (float32) for methods that keep a model on every client and 0 "
+        "for the others (optimiser state and auxiliary matrices not counted); peak resident memory "
+        "of the simulation process. Mean ± std over seeds" +
+        (" and λ" if runs["lam"].nunique() > 1 else "") +
         "; hardware in each run's env. Lowest cost in bold; n/a: no timing file."
     )
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by,
-                 group_by=[dim_header(d) for d in dims] or None)
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols])
 
 
 # --------------------------------------------------------------------------- T9
 
 
-def t9_table(runs, select: str = "last") -> Table:
-    """Global-model accuracy and per-client fairness."""
-    runs = _runs(runs)
-    dims = runs.attrs["dims"]
-    cols = _Cols()
-    rows = []
-    for s in _setting_tuples(runs, dims):
-        here = _in_setting(runs, dims, s)
-        for arm in arm_order(here):
-            sub = here[here["label"] == arm]
-            row = {**_dim_cols(dims, s), "method": arm}
-            for name, col, how in (("global ACC", _metric(select, "acc", glob=True), "max"),
-                                   ("global AUC", _metric(select, "auc", glob=True), "max"),
-                                   ("personal ACC", _metric(select, "acc"), "max"),
-                                   ("client std", _metric(select, "acc_std"), "min"),
-                                   ("worst-decile ACC", _metric(select, "acc_worst_decile"), "max")):
-                v = _values(sub, col)
-                cols.add(row, name, _cell(v), _mean(v), how)
-            rows.append(row)
+def t9_table(tidy: pd.DataFrame, select: str = "last") -> Table:
+    """Global-model accuracy and per-client fairness, beside both floors."""
+    runs = personal_runs(tidy, select)
+    runs = runs.join(v.values(tidy, _select(select), "global", ["acc", "auc", "f1"], prefix="g_")[
+        ["g_acc", "g_auc", "g_f1"]])
+    dim_cols = v.dims(runs)
+    rows = Rows()
+    cols = {"global ACC": ("g_acc", "max"), "global AUC": ("g_auc", "max"), "global F1": ("g_f1", "max"),
+            "personal ACC": ("acc", "max"), "Δ personal ACC": ("d_acc", "max"),
+            "client std": ("acc_std", "min"), "worst-decile ACC": ("acc_worst_decile", "max")}
+    for s in v.settings(runs, dim_cols):
+        here = v.in_setting(runs, dim_cols, s)
+        dcells = v.dim_cells(dim_cols, s)
+        for arm in v.arm_order(here):
+            sub = here[here["arm"] == arm]
+            row = {**dcells, "method": sub["label"].iloc[0]}
+            for name, (col, how) in cols.items():
+                rows.stat(row, name, sub[col], how=how, signed=name.startswith("Δ"))
+            rows.rows.append(row)
+        _floor_rows(rows, dcells, here, list(cols), {PRIOR_FLOOR: {"personal ACC": "client_prior_acc"},
+                                                     GLOBAL_FLOOR: {"global ACC": "global_majority_acc"}})
     caption = (
-        f"Global model and fairness: the global (shared) model on the full official test split "
-        f"(n/a for methods without one), and the personalised accuracy across clients: "
-        f"sample-weighted mean, std across clients and the 10th percentile of per-client "
-        f"accuracy (worst decile) ({_select_text(select, runs)}), mean ± std over seeds. Best per "
-        f"column within each setting in bold (lowest std)."
+        f"Global model and fairness: the global (shared) model on the full official test split (n/a for "
+        f"methods without one), beside the {GLOBAL_FLOOR}; the personalised accuracy across clients: "
+        f"sample-weighted mean, its margin over the {PRIOR_FLOOR}, the std across clients and the 10th "
+        f"percentile of per-client accuracy (worst decile) ({_select_text(select, tidy)}), mean ± std "
+        f"over seeds. Best per column within each setting in bold (lowest std)."
     )
-    return Table(pd.DataFrame(rows), caption, bold=cols.bold, bold_by=cols.bold_by,
-                 group_by=[dim_header(d) for d in dims])
+    return rows.table(caption, [v.DIM_HEADER[d] for d in dim_cols])
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- entry point
 
 BUILDERS: dict[str, Callable[..., Table]] = {
     "t2": t2_table, "t3": t3_table, "t4": t4_table, "t5": t5_table, "t6": t6_table,
@@ -583,27 +567,18 @@ BUILDERS: dict[str, Callable[..., Table]] = {
 }
 
 
-def run_table(name: str, run_paths: Sequence[str | Path], stem: str | Path,
-              target: float | None = None) -> list[Path]:
-    """Write table ``name`` (t2..t9; append ``_valsel`` for validation-selected values)
-    from run JSON paths."""
-    key = name.lower()
-    select = "last"
+def build(name: str, tidy: pd.DataFrame, target: float | None = None) -> Table:
+    """Table ``name`` (t2..t9; ``_valsel`` appended: validation-selected values)."""
+    key, select = name.lower(), "last"
     if key.endswith("_valsel"):
         key, select = key[: -len("_valsel")], "valsel"
     if key not in BUILDERS:
         raise ValueError(f"unknown table {name!r}; choose one of t1, {', '.join(BUILDERS)}")
-    runs = load_runs(run_paths)
-    if key == "t4":
+    if key in ("t4", "t8"):
         if select != "last":
-            raise ValueError("t4 has no _valsel variant (its numbers are bytes)")
-        return t4_table(runs, target=target).write(stem)
-    if key == "t8":
-        if select != "last":
-            raise ValueError("t8 has no _valsel variant (its numbers are costs)")
-        return t8_table(runs).write(stem)
-    return BUILDERS[key](runs, select=select).write(stem)
+            raise ValueError(f"{key} has no _valsel variant (its numbers are {'bytes' if key == 't4' else 'costs'})")
+        return t4_table(tidy, target) if key == "t4" else t8_table(tidy)
+    return BUILDERS[key](tidy, select=select)
 
 
-__all__ = ["Table", "TARGET_FRACTION", "default_target", "client_memory_bytes", "run_table",
-           *[f"{k}_table" for k in BUILDERS]]
+__all__ = ["Table", "build", "default_target", "bytes_to_target", "paired_test", *[f"{k}_table" for k in BUILDERS]]

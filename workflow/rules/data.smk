@@ -4,14 +4,14 @@
 rule download:
     output:
         protected(f"{DATA_ROOT}/{{dataset}}.npz"),
-    params:
-        fedmic=FEDMIC,
-        root=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     localrule: True
     conda:
         "../envs/fedmic.yaml"
+    params:
+        fedmic=FEDMIC,
+        root=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root} --quiet > {log} 2>&1"
 
@@ -21,15 +21,15 @@ rule partition:
         npz=lambda wc: dataset_file(wc.dataset),
     output:
         f"{RESULTS}/partitions/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.json",
-    params:
-        fedmic=FEDMIC,
-        root=DATA_ROOT,
-        min_size=config.get("partition", {}).get("min_size", 10),
     log:
         f"{LOGS}/partition/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.log",
     localrule: True
     conda:
         "../envs/fedmic.yaml"
+    params:
+        fedmic=FEDMIC,
+        root=DATA_ROOT,
+        min_size=config.get("partition", {}).get("min_size", 10),
     shell:
         "{params.fedmic} partition --dataset {wildcards.dataset} --root {params.root} --scheme {wildcards.scheme}"
         " --lam {wildcards.lam} --clients {wildcards.clients} --seed {wildcards.seed}"

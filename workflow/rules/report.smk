@@ -1,20 +1,55 @@
-# One target rule per table and figure (`snakemake table_t4` builds only T4 and its runs).
+# Results file, provenance, and one target rule per table and figure (`snakemake table_t4`
+# builds only T4 and its runs). Every table and figure is a view over a tidy results file
+# (fedmic collect, results/README.md): results.csv.gz holds every run; a table reads the file
+# of its own runs (tidy/<first table with the same runs>.csv.gz), so it needs no other run.
 # Inputs include the report code, so a plotting change rebuilds tables/figures, never runs.
 
 
-def _table_inputs(name):
-    if name == "t1":
-        return {"runs": grid.partitions_for_t1(config), "code": grid.report_code_files()}
-    inputs = {"runs": runs_of(name), "code": grid.report_code_files()}
-    if name == "t8":
-        inputs["timing"] = timings_of(name)
-    return inputs
+rule collect_all:
+    input:
+        runs=[grid.run_path(RESULTS, k) for k in RUNS],
+        timing=[grid.timing_file(RESULTS, k) for k in RUNS],
+        code=grid.report_code_files(),
+    output:
+        results=f"{RESULTS}/results.csv.gz",
+        provenance=report(
+            f"{RESULTS}/provenance.yaml",
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"item": "provenance and resolved configuration"},
+        ),
+    log:
+        f"{LOGS}/collect/all.log",
+    localrule: True
+    conda:
+        "../envs/fedmic.yaml"
+    params:
+        fedmic=FEDMIC,
+        config=lambda wc: json.dumps(config, sort_keys=True, default=str),
+        source=WORKFLOW_SOURCE,
+    shell:
+        "{params.fedmic} collect --inputs {input.runs} --out {output.results} --provenance {output.provenance}"
+        " --config {params.config:q} --source {params.source:q} > {log} 2>&1"
 
 
-def _figure_inputs(name):
-    if name == "f3":
-        return {"runs": grid.partitions_for_t1(config), "code": grid.report_code_files()}
-    return {"runs": runs_of(name), "code": grid.report_code_files()}
+rule collect:
+    input:
+        runs=lambda wc: runs_of(wc.runs),
+        timing=lambda wc: timings_of(wc.runs),
+        code=grid.report_code_files(),
+    output:
+        f"{RESULTS}/tidy/{{runs}}.csv.gz",
+    log:
+        f"{LOGS}/collect/{{runs}}.log",
+    wildcard_constraints:
+        runs=r"[a-z0-9_]+",
+    localrule: True
+    conda:
+        "../envs/fedmic.yaml"
+    params:
+        fedmic=FEDMIC,
+    shell:
+        "{params.fedmic} collect --inputs {input.runs} --out {output} > {log} 2>&1"
 
 
 for _name in grid.TABLES:
@@ -25,11 +60,21 @@ for _name in grid.TABLES:
         name:
             f"table_{_name}"
         input:
-            **_table_inputs(_name),
+            **report_inputs(_name),
         output:
-            csv=report(f"{RESULTS}/tables/{_name}.csv", caption=f"../report/{_name}.rst", category="Tables"),
+            csv=report(
+                f"{RESULTS}/tables/{_name}.csv",
+                caption=f"../report/{_name}.rst",
+                category="Tables",
+                labels=report_labels(_name),
+            ),
             md=f"{RESULTS}/tables/{_name}.md",
             tex=f"{RESULTS}/tables/{_name}.tex",
+        log:
+            f"{LOGS}/tables/{_name}.log",
+        localrule: True
+        conda:
+            "../envs/fedmic.yaml"
         params:
             fedmic=FEDMIC,
             root=DATA_ROOT,
@@ -40,11 +85,6 @@ for _name in grid.TABLES:
                 if (config.get("tables", {}).get(_n) or {}).get("target") is not None
                 else ""
             ),
-        log:
-            f"{LOGS}/tables/{_name}.log",
-        localrule: True
-        conda:
-            "../envs/fedmic.yaml"
         shell:
             "{params.fedmic} table {params.name} --inputs {input.runs} --out {params.stem} --root {params.root}"
             " {params.target} > {log} 2>&1"
@@ -58,19 +98,24 @@ for _name in grid.FIGURES:
         name:
             f"figure_{_name}"
         input:
-            **_figure_inputs(_name),
+            **report_inputs(_name),
         output:
-            png=report(f"{RESULTS}/figures/{_name}.png", caption=f"../report/{_name}.rst", category="Figures"),
+            png=report(
+                f"{RESULTS}/figures/{_name}.png",
+                caption=f"../report/{_name}.rst",
+                category="Figures",
+                labels=report_labels(_name),
+            ),
             pdf=f"{RESULTS}/figures/{_name}.pdf",
-        params:
-            fedmic=FEDMIC,
-            root=DATA_ROOT,
-            name=_name,
-            stem=lambda wc, output: os.path.splitext(output.png)[0],
         log:
             f"{LOGS}/figures/{_name}.log",
         localrule: True
         conda:
             "../envs/fedmic.yaml"
+        params:
+            fedmic=FEDMIC,
+            root=DATA_ROOT,
+            name=_name,
+            stem=lambda wc, output: os.path.splitext(output.png)[0],
         shell:
             "{params.fedmic} figure {params.name} --inputs {input.runs} --out {params.stem} --root {params.root} > {log} 2>&1"

@@ -1,5 +1,6 @@
-# One federated simulation per job. GPU-tagged: the default profile allows one GPU job at a
-# time, the SLURM profile sends these jobs to a GPU partition. On SLURM,
+# One federated simulation per job. GPU-tagged: at most as many at once as the `gpu` pool
+# (common.smk: the machine's GPUs, none on a CPU machine); the SLURM profile sends these jobs
+# to a GPU partition. On SLURM,
 # profiles/slurm/grouped bundles several of these jobs into one GPU job (group `train_group`,
 # set from the profile so this rule stays ungrouped elsewhere; docs/slurm.md).
 
@@ -11,21 +12,21 @@ rule train:
     output:
         run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
         timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
-    params:
-        fedmic=FEDMIC,
-        root=DATA_ROOT,
-        config=run_config_json,
     log:
         f"{LOGS}/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/fedmic.yaml"
     threads: config.get("threads_per_run", 2)
     resources:
         gpu=1,
         runtime=train_runtime_min,
         mem_mb=train_mem_mb,
-    conda:
-        "../envs/fedmic.yaml"
+    params:
+        train=FEDMIC_TRAIN,
+        root=DATA_ROOT,
+        config=run_config_json,
     shell:
-        "{params.fedmic} train --config {params.config:q} --partition {input.partition} --root {params.root}"
+        "{params.train} --config {params.config:q} --partition {input.partition} --root {params.root}"
         " --threads {threads} --out {output.run} > {log} 2>&1"

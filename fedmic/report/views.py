@@ -1,0 +1,181 @@
+"""What every table and figure does with the tidy results frame (fedmic.report.tidy): pick
+values, one row per run; group runs by setting and arm; name arms and settings.
+
+Arms keep the order in which the frame first lists them (a workflow collects them in the
+order of the config's ``methods:``); a setting is (dataset, scheme, λ, clients, join ratio),
+of which a view shows dataset and λ always and the others where they vary.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedmic.report.tidy import RUN_KEY, SETTING
+
+PRETTY_METHOD = {
+    "local": "Local", "fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN",
+    "fedper": "FedPer", "fedrep": "FedRep", "ditto": "Ditto", "moon": "MOON", "fml": "FML",
+    "fedkd": "FedKD", "fedproto": "FedProto", "fedmic": "FedMIC",
+}
+DIM_HEADER = {"dataset": "dataset", "scheme": "scheme", "lam": "λ", "clients": "K", "join_ratio": "join ratio"}
+# readable text for FedMIC's switches; other changes print as key=value
+_HP_OFF = {
+    "rep_distill": "w/o representation KD", "dec_distill": "w/o decision KD",
+    "aux_matrices": "w/o auxiliary matrices", "adaptive": "w/o adaptive weighting",
+    "gpd": "w/o GPD (dense uploads)",
+}
+RUN_INFO = ["method", "model", "hp_changes", "partition_seed"]
+
+
+def pretty_arm(arm: str, method: str | None = None) -> str:
+    """fedavg -> FedAvg; an arm named after its method keeps the suffix: fedavg-bn -> FedAvg-bn."""
+    if arm in PRETTY_METHOD:
+        return PRETTY_METHOD[arm]
+    if method in PRETTY_METHOD and arm.startswith(method + "-"):
+        return PRETTY_METHOD[method] + arm[len(method):]
+    return arm
+
+
+def pretty_dataset(flag: str) -> str:
+    from fedmic.data.registry import DATASETS
+
+    return DATASETS.get(flag, {}).get("python_class", flag)
+
+
+def fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def describe_changes(changes: dict) -> str:
+    """'w/o representation KD, tau=4', 'E 0.9→0.95', or 'default'."""
+    if not changes:
+        return "default"
+    parts = []
+    if {"energy_start", "energy_end"} & set(changes):
+        parts.append(f"E {fmt_value(changes.get('energy_start', '·'))}→{fmt_value(changes.get('energy_end', '·'))}")
+    for k, v in changes.items():
+        if k in ("energy_start", "energy_end"):
+            continue
+        if k in _HP_OFF and v is False:
+            parts.append(_HP_OFF[k])
+        elif k == "fixed_rank" and v is not None:
+            parts.append(f"fixed rank {v}")
+        else:
+            parts.append(f"{k}={fmt_value(v)}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def runs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, in the frame's order: its coordinates and what names its arm."""
+    out = tidy.drop_duplicates(RUN_KEY)[RUN_KEY + RUN_INFO].reset_index(drop=True)
+    out["label"] = [pretty_arm(a, m) for a, m in zip(out["arm"], out["method"])]
+    out["changes"] = [json.loads(h) for h in out["hp_changes"]]
+    return out
+
+
+def values(tidy: pd.DataFrame, select: str, scope: str, metrics: Sequence[str], split: str | None = "test",
+           prefix: str = "") -> pd.DataFrame:
+    """runs(tidy) with one column per metric (NaN where a run has none), ``prefix`` + name."""
+    m = ((tidy["select"] == select) & (tidy["scope"] == scope) & tidy["metric"].isin(metrics)
+         & tidy["client"].isna() & tidy["layer"].isna())
+    if split is not None:
+        m &= tidy["split"] == split
+    wide = tidy[m].set_index(RUN_KEY + ["metric"])["value"].unstack("metric")
+    wide = wide.reindex(columns=list(metrics)).add_prefix(prefix)
+    return runs(tidy).join(wide, on=RUN_KEY)
+
+
+def per_client(tidy: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
+    """Reported per-client personalised test values: columns RUN_KEY, client, value."""
+    m = ((tidy["select"] == "last") & (tidy["scope"] == "personal") & (tidy["metric"] == metric)
+         & tidy["client"].notna())
+    return tidy.loc[m, RUN_KEY + ["client", "value"]]
+
+
+def per_round(tidy: pd.DataFrame, scope: str, metric: str, split: str | None = "test") -> pd.DataFrame:
+    """Per-round values with their bytes: RUN_KEY, round, value, cum bytes (evaluated rounds)."""
+    m = (tidy["select"] == "round") & (tidy["scope"] == scope) & (tidy["metric"] == metric)
+    if split is not None:
+        m &= tidy["split"] == split
+    cols = RUN_KEY + ["round", "layer", "value", "uplink_bytes", "downlink_bytes", "cum_uplink_bytes",
+                      "cum_downlink_bytes"]
+    out = tidy.loc[m, cols].copy()
+    out["cum_bytes"] = out["cum_uplink_bytes"] + out["cum_downlink_bytes"]
+    return out
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def dims(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
+    """Setting columns a view shows: dataset and λ always; K and join ratio where they vary;
+    the partition scheme where it varies within one dataset."""
+    out = []
+    for c in SETTING:
+        if c in exclude:
+            continue
+        if c in ("dataset", "lam"):
+            out.append(c)
+        elif c == "scheme":
+            if (df.groupby("dataset")["scheme"].nunique() > 1).any():
+                out.append(c)
+        elif df[c].nunique() > 1:
+            out.append(c)
+    return out
+
+
+def settings(df: pd.DataFrame, dim_cols: Sequence[str]) -> list[tuple]:
+    """The settings present, dataset in order of appearance, numbers ascending."""
+    if not dim_cols:
+        return [()]
+    first = {d: i for i, d in enumerate(dict.fromkeys(df["dataset"]))}
+    keys = df[list(dim_cols)].drop_duplicates().itertuples(index=False, name=None)
+    return sorted(keys, key=lambda t: tuple(first.get(v, 0) if d == "dataset" else v for d, v in zip(dim_cols, t)))
+
+
+def in_setting(df: pd.DataFrame, dim_cols: Sequence[str], values_: Sequence) -> pd.DataFrame:
+    mask = np.ones(len(df), dtype=bool)
+    for d, v in zip(dim_cols, values_):
+        mask &= (df[d] == v).to_numpy()
+    return df[mask]
+
+
+def dim_value(dim: str, v) -> str:
+    return pretty_dataset(str(v)) if dim == "dataset" else fmt_value(v.item() if hasattr(v, "item") else v)
+
+
+def setting_text(dim_cols: Sequence[str], values_: Sequence) -> str:
+    """'PneumoniaMNIST, λ=0.1, K=20'."""
+    return ", ".join(dim_value(d, v) if d == "dataset" else f"{DIM_HEADER[d]}={dim_value(d, v)}"
+                     for d, v in zip(dim_cols, values_))
+
+
+def dim_cells(dim_cols: Sequence[str], values_: Sequence) -> dict:
+    return {DIM_HEADER[d]: dim_value(d, v) for d, v in zip(dim_cols, values_)}
+
+
+def arm_order(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["arm"]))
+
+
+def partition_floor(df: pd.DataFrame, col: str) -> np.ndarray:
+    """One value per partition: arms of a setting share their partition's floors."""
+    return df.drop_duplicates(["dataset", "scheme", "lam", "clients", "partition_seed"])[col].to_numpy(float)
+
+
+def finite_mean(v) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(v.mean()) if v.size and np.all(np.isfinite(v)) else math.nan
