@@ -84,15 +84,13 @@ def test_same_run_twice_and_foreign_files_are_errors(tmp_path):
         tidy.read(csv)
 
 
-def test_format_1_runs_keep_their_pooled_auc_as_pooled(tmp_path):
+def test_format_1_runs_are_refused_with_the_fix(tmp_path):
     p = write_run(tmp_path, "old")
     run = json.loads(p.read_text())
     run["format"] = "fedmic-run/1"
-    run["summary"]["personal"] = {"acc": 0.8, "auc": 0.93, "f1": 0.7, "auc_client_mean": 0.6}
     p.write_text(json.dumps(run))
-    t = tables.t2_table(tidy.collect([p]))
-    r = row(t, method="FedAvg")
-    assert r["AUC"] == "n/a" and r["AUC pooled"] == "0.930"
+    with pytest.raises(ValueError, match="retrain it"):
+        tidy.collect([p])
 
 
 # --------------------------------------------------------------------------- T2

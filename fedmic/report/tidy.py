@@ -37,7 +37,7 @@ COLUMNS = RUN_COLUMNS + ROW_COLUMNS + BYTE_COLUMNS
 # what tells two runs apart in one config (the grid's coordinates)
 RUN_KEY = ["dataset", "scheme", "lam", "clients", "join_ratio", "arm", "seed"]
 SETTING = ["dataset", "scheme", "lam", "clients", "join_ratio"]
-FORMATS = ("fedmic-run/1", "fedmic-run/2")
+FORMATS = ("fedmic-run/2",)
 SUMMARY_COMM = ("uplink_per_round", "downlink_per_round", "uplink_total", "downlink_total",
                 "dropped_total", "skipped_total")
 # a per-round value that is the same every round, so only the run-level rows carry it
@@ -62,24 +62,12 @@ def read_run(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read run JSON ({e})") from e
     got = run.get("format") if isinstance(run, dict) else type(run).__name__
     if got not in FORMATS:
-        raise ValueError(f"{path}: not a run JSON (format {got!r}, expected one of {FORMATS})")
+        raise ValueError(f"{path}: not a run JSON of this version (format {got!r}, expected one of {FORMATS}); "
+                         "retrain it (snakemake reruns it) or read it with the fedmic version that wrote it")
     for key in ("config", "history", "summary"):
         if key not in run:
             raise ValueError(f"{path}: run JSON has no {key!r}")
     return run
-
-
-def _v1_personal(d: dict | None) -> dict | None:
-    """fedmic-run/1's personal `auc` pooled all clients' predictions: it is `auc_pooled` now;
-    the per-client headline AUC was not recorded, so it stays missing (n/a in tables)."""
-    if not d:
-        return d
-    d = dict(d)
-    if "auc" in d:
-        d["auc_pooled"] = d.pop("auc")
-    if "auc_client_mean" in d:
-        d["auc_mean"] = d.pop("auc_client_mean")
-    return d
 
 
 def hp_changes(method: str, hp: dict) -> dict:
@@ -102,7 +90,6 @@ def hp_changes(method: str, hp: dict) -> dict:
 def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
     """The tidy rows of one run JSON (and its timing sidecar)."""
     cfg, summary = run["config"], run["summary"]
-    v1 = run["format"] == "fedmic-run/1"
     ident = {"dataset": cfg["dataset"], "scheme": cfg.get("scheme"), "lam": float(cfg["lam"]),
              "clients": int(cfg["clients"]), "join_ratio": float(cfg["join_ratio"]),
              "arm": cfg.get("arm") or cfg["method"], "method": cfg["method"], "model": cfg.get("model"),
@@ -128,14 +115,12 @@ def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
                 add("round", "comm", f"{kind}_rank", k, rnd, layer=layer, nbytes=b)
         for scope, splits in (h.get("eval") or {}).items():
             for split, d in (splits or {}).items():
-                d = _v1_personal(d) if v1 and scope == "personal" else d
                 for metric, value in sorted(d.items()):
                     if metric not in _CONSTANT_PER_ROUND and not isinstance(value, (list, dict)):
                         add("round", scope, metric, value, rnd, split, nbytes=b)
     for scope in ("personal", "global"):
         for select, key in (("last", scope), ("valsel", f"{scope}_valsel")):
             d = summary.get(key)
-            d = _v1_personal(d) if v1 and scope == "personal" else d
             for metric, value in sorted((d or {}).items()):
                 if metric != "round":
                     add(select, scope, metric, value, d.get("round"), "test")
@@ -144,10 +129,7 @@ def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
             add("last", "personal", metric, value, split="test", client=cid)
     for metric in SUMMARY_COMM:
         add("run", "comm", metric, summary.get(metric))
-    floors = dict(run.get("floors") or {})
-    if v1 and "local_majority_acc" in floors:  # the client prior's ACC is, by definition, this
-        floors.setdefault("client_prior_acc", floors["local_majority_acc"])
-    for metric, value in sorted(floors.items()):
+    for metric, value in sorted((run.get("floors") or {}).items()):
         add("run", "floor", metric, value, split="test")
     for split, sizes in (("train", run.get("n_train")), ("test", run.get("n_test"))):
         for cid, n in enumerate(sizes or []):
