@@ -24,14 +24,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps "medmnist==3.0.2"
 	touch $@
 
-# The demo's runs are small 1-thread jobs: one per core, even on a single GPU (--resources).
+# The demo's runs are small 1-thread jobs: one per core.
 demo: install
 	@echo "MedMNIST root: $(MEDMNIST_ROOT)"
-	$(VENV)/bin/snakemake all --cores $(CORES) --resources gpu=$(CORES) --configfile config/demo.yaml
+	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/demo.yaml
 
-# Every method on PneumoniaMNIST and RetinaMNIST, 3 seeds (docs/results.md): about 90 min here.
+# Every method on the three local datasets, 3 seeds, 30 rounds of all clients (docs/results.md).
 compare: install
-	$(VENV)/bin/snakemake table_t2 table_t4 table_t9 --cores $(CORES) --resources gpu=$(CORES) --configfile config/compare.yaml
+	$(VENV)/bin/snakemake table_t2 table_t4 table_t5 table_t9 figure_learning_curves figure_acc_vs_bytes \
+	  figure_svd_ranks --cores $(CORES) --configfile config/compare.yaml
 
 paper: install
 	$(VENV)/bin/snakemake --cores $(CORES) all
