@@ -19,7 +19,7 @@ rule train:
         f"{LOGS}/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
-    threads: config.get("threads_per_run", 2)
+    threads: config.get("threads_per_run", 1)
     resources:
         gpu=1,
         runtime=train_runtime_min,
