@@ -243,16 +243,19 @@ def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> s
 
 
 def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """FedMIC rounds as shipped; with the SVD codec's dense pre-check but no reference (an
-    eigendecomposition per uploaded matrix; matters for `decompose: params` only); without the
-    pre-check (an SVD per uploaded matrix)."""
+    """FedMIC rounds as shipped; with the full SVD instead of the randomized sketch (the codec
+    before it: the Gram-eigenvalue dense check, then the SVD of every factorised matrix); with
+    the dense pre-check but no reference (an eigendecomposition per uploaded matrix; matters for
+    `decompose: params` only); without the pre-check (an SVD per uploaded matrix)."""
     orig_encode = gpd_module.svd_encode
     variants = {
         "as shipped": lambda: None,
+        "full SVD instead of the sketch":
+            lambda: setattr(gpd_module, "svd_encode", functools.partial(orig_encode, exact=True)),
         "no reference (eigendecomposition of every matrix)":
             lambda: setattr(gpd_module, "svd_encode", lambda *a, reference=None, **k: orig_encode(*a, **k)),
         "no dense pre-check (SVD of every matrix)":
-            lambda: setattr(gpd_module, "svd_encode", functools.partial(orig_encode, dense_check=False)),
+            lambda: setattr(gpd_module, "svd_encode", functools.partial(orig_encode, dense_check=False, exact=True)),
     }
     out = {k: [] for k in variants}
     rnd = first_round

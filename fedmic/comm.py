@@ -106,25 +106,30 @@ class SpectralReference:
         return self._root[(name, p)]
 
 
-def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: str = "",
-                  reference: SpectralReference | None = None) -> bool:
-    """True when the energy rule is certain to keep a rank at which `m` is sent dense, so its
-    SVD would be thrown away; when unsure, the SVD decides. It never disagrees with the SVD's
-    decision: the energy share of the best rank below the dense threshold must be below
-    `energy` by a margin. That share is bounded two ways, cheapest first:
+def _dense_rank(rows: int, cols: int, ndim: int, elem: int) -> int:
+    """The smallest rank at which a rows x cols matrix is sent dense (factors not smaller)."""
+    k = max(0, (rows * cols * elem - META_INT_BYTES * (ndim + 1)) // ((rows + cols + 1) * elem))
+    while k > 0 and _sent_dense(k - 1, rows, cols, ndim, elem):
+        k -= 1
+    while not _sent_dense(k, rows, cols, ndim, elem):
+        k += 1
+    return k
+
+
+def _surely_dense(m: torch.Tensor, energy: float, k_dense: int, name: str = "",
+                  reference: SpectralReference | None = None, spectrum: bool = True) -> bool:
+    """True when the energy rule is certain to keep a rank at which `m` is sent dense
+    (`k_dense`, from `_dense_rank`), so its SVD would be thrown away; when unsure, the SVD
+    decides. It never disagrees with the SVD's decision: the energy share of the best rank below
+    the dense threshold must be below `energy` by a margin. That share is bounded two ways,
+    cheapest first:
     - with a reference R close to m: the Ky Fan (p, 2) norm is a norm, so
       ||m||_(p) <= ||R||_(p) + ||m - R||_F (the reference's part is computed once per
       reference). When R itself would be factorised, m goes straight to the SVD instead;
     - exactly, from the eigenvalues of the float64 Gram matrix (the squared singular values,
-      ~5x cheaper than the SVD of a 512x1024 matrix)."""
+      ~5x cheaper than the SVD of a 512x1024 matrix); skipped when `spectrum` is false."""
     rows, cols = m.shape
-    n = min(rows, cols)
-    k_dense = max(0, (rows * cols * elem - META_INT_BYTES * (ndim + 1)) // ((rows + cols + 1) * elem))
-    while k_dense > 0 and _sent_dense(k_dense - 1, rows, cols, ndim, elem):
-        k_dense -= 1
-    while not _sent_dense(k_dense, rows, cols, ndim, elem):
-        k_dense += 1
-    if k_dense > n or energy - DENSE_CHECK_MARGIN <= 0:
+    if k_dense > min(rows, cols) or energy - DENSE_CHECK_MARGIN <= 0:
         return False
     total = float(torch.linalg.vector_norm(m, dtype=torch.float64)) ** 2
     if total == 0:  # all-zero matrix: the SVD path sends it as an explicit rank-0 record
@@ -141,20 +146,77 @@ def _surely_dense(m: torch.Tensor, energy: float, ndim: int, elem: int, name: st
             return True
         if share >= energy:
             return False
+    if not spectrum:
+        return False
     lam = _squared_singular_values(m)
     return float(lam[:k_dense - 1].sum()) < (energy - DENSE_CHECK_MARGIN) * float(lam.sum())
 
 
+# The randomized range finder (`_sketched_factors`). Sketches grow 16, 32, 64 columns; an answer is
+# used only when it leaves OVERSAMPLE columns spare, else the full SVD decides. Updates of the CNN
+# keep rank 1-18 at 95-98 % energy (docs/performance.md), so the first or second sketch settles
+# nearly all of them. Matrices whose smaller side is below SKETCH_MIN_SIDE go to the SVD, which
+# costs about as much there (64 x 800: 2.2 ms either way, measured).
+SKETCH_COLUMNS = (16, 32, 64)
+OVERSAMPLE = 8
+POWER_ITERATIONS = 2
+SKETCH_MIN_SIDE = 128
+SKETCH_SEED = 0  # a fixed test matrix: the codec is a pure function of its input
+
+
+def _sketched_factors(m: torch.Tensor, energy: float, k_max: int) -> tuple[torch.Tensor, ...] | None:
+    """U_k, s_k, V_k^T (float64) of the orthogonal projection of `m` onto a k-dimensional subspace
+    that holds at least `energy` of ||m||_F^2, from a randomized range finder with power
+    iterations; None when no sketch settles it with k <= k_max (then the full SVD decides).
+
+    What is exact: the total energy is ||m||_F^2, and with Q an orthonormal basis of the sketch
+    and Q^T m = U_b diag(s) V^T, the energy that rank j keeps, ||(Q U_b[:, :j])^T m||_F^2 =
+    s_1^2 + ... + s_j^2, is computed in float64 from the projected matrix. k is the smallest j
+    whose kept energy reaches energy * total, so the rule's guarantee holds as with the full SVD.
+    s_i(Q^T m) <= sigma_i(m) (Q^T has orthonormal rows), so no rank below the full SVD's k reaches
+    the threshold here: k is never below the exact rule's k; it is larger only when the sketch
+    misses part of the top singular subspace."""
+    rows, cols = m.shape
+    exact = m.double()
+    total = float(torch.linalg.vector_norm(exact)) ** 2
+    if total == 0:  # an all-zero matrix: the explicit rank-0 record, as the SVD path sends it
+        return exact[:, :0], exact[0, :0], exact[:0]
+    target = torch.tensor(energy * total, dtype=torch.float64, device=m.device)
+    gen = torch.Generator().manual_seed(SKETCH_SEED)
+    for width in SKETCH_COLUMNS:
+        if width - OVERSAMPLE < 1 or width > min(rows, cols):
+            break
+        # The range is found in float32 (a good basis is all it must give); the basis is then
+        # orthonormalised and the projection taken in float64, where the energies are counted.
+        q = torch.linalg.qr(m @ torch.randn(cols, width, generator=gen).to(m.device))[0]
+        for _ in range(POWER_ITERATIONS):
+            q = torch.linalg.qr(m @ torch.linalg.qr(m.T @ q)[0])[0]
+        q = torch.linalg.qr(q.double())[0]
+        ub, s, vh = torch.linalg.svd(q.T @ exact, full_matrices=False)
+        kept = torch.cumsum(s * s, 0)
+        if kept[-1] < target:
+            continue
+        k = int(torch.searchsorted(kept, target)) + 1
+        if k > width - OVERSAMPLE:
+            continue
+        return (None if k > k_max else ((q @ ub[:, :k]), s[:k], vh[:k]))
+    return None
+
+
 def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtype: torch.dtype = torch.float32,
                rank: int | None = None, dense_check: bool = True,
-               reference: SpectralReference | None = None) -> Payload:
+               reference: SpectralReference | None = None, exact: bool = False) -> Payload:
     """Dynamic singular-value selection (SPEC 1.2): each tensor with >= 2 dims is reshaped to
     (out, rest) and sent as U_k, s_k, V_k^T when that is smaller than the dense matrix;
     everything else is sent dense. Ranks and shapes go in the metadata. k is the smallest rank
     keeping `energy` of sum(s^2), or `rank` when given (the fixed-rank ablation).
+    Matrices with both sides >= SKETCH_MIN_SIDE are factorised from a randomized sketch when
+    one settles them (`_sketched_factors`: the same energy guarantee, k never below the full
+    SVD's); `exact=True` always takes the full SVD.
     `dense_check`: skip the SVD of a matrix that is certain to be sent dense (same payload);
     `reference`: a state close to `state` that makes that check cheap (see `_surely_dense`)."""
     p = Payload()
+    elem = torch.empty((), dtype=dtype).element_size()
     for name, w in state.items():
         w = w.detach()
         if w.is_floating_point() and not all_finite(w):
@@ -164,21 +226,37 @@ def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtyp
             continue
         m = w.reshape(w.shape[0], -1).float()
         rows, cols = m.shape
-        elem = torch.empty((), dtype=dtype).element_size()
-        if dense_check and (_sent_dense(min(rank, rows, cols), rows, cols, w.dim(), elem) if rank is not None
-                            else _surely_dense(m, energy, w.dim(), elem, name, reference)):
-            p.tensors[name] = w.to(dtype)
-            continue
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
-        k = min(rank, s.numel()) if rank is not None else energy_rank(s, energy)
-        if _sent_dense(k, rows, cols, w.dim(), elem):
-            p.tensors[name] = w.to(dtype)
-            continue
+        factors = None
+        if rank is not None:
+            if dense_check and _sent_dense(min(rank, rows, cols), rows, cols, w.dim(), elem):
+                p.tensors[name] = w.to(dtype)
+                continue
+        else:
+            k_dense = _dense_rank(rows, cols, w.dim(), elem)
+            sketch = not exact and min(rows, cols) >= SKETCH_MIN_SIDE
+            # The cheap proofs first; a sketch next (it settles low-rank matrices); the exact
+            # spectrum only for what neither settles.
+            if dense_check and _surely_dense(m, energy, k_dense, name, reference, spectrum=not sketch):
+                p.tensors[name] = w.to(dtype)
+                continue
+            if sketch:
+                factors = _sketched_factors(m, energy, k_dense - 1)
+                if factors is None and dense_check and _surely_dense(m, energy, k_dense):
+                    p.tensors[name] = w.to(dtype)
+                    continue
+        if factors is None:
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            k = min(rank, s.numel()) if rank is not None else energy_rank(s, energy)
+            if _sent_dense(k, rows, cols, w.dim(), elem):
+                p.tensors[name] = w.to(dtype)
+                continue
+            factors = u[:, :k], s[:k], vh[:k]
         # Rank 0 happens only for an all-zero matrix: sent as an explicit rank-0 record.
-        p.tensors[name + ".U"] = u[:, :k].contiguous().to(dtype)
-        p.tensors[name + ".S"] = s[:k].contiguous().to(dtype)
-        p.tensors[name + ".Vh"] = vh[:k].contiguous().to(dtype)
-        p.meta[name] = tuple(w.shape) + (k,)
+        u, s, vh = factors
+        p.tensors[name + ".U"] = u.contiguous().to(dtype)
+        p.tensors[name + ".S"] = s.contiguous().to(dtype)
+        p.tensors[name + ".Vh"] = vh.contiguous().to(dtype)
+        p.meta[name] = tuple(w.shape) + (s.numel(),)
     return p
 
 

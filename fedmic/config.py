@@ -61,7 +61,8 @@ class RunConfig:
     # project's CPU (docs/performance.md); auto = channels_last on CPU, contiguous on CUDA
     # (not measured there). Like device and amp it changes float rounding, not the method.
     memory_format: str = "auto"
-    threads: int = 0                   # 0: leave torch's default
+    threads: int = 1                   # torch.set_num_threads (0: torch's default, one per core);
+    # 1: the most images per CPU-second, and jobs fill the cores (docs/performance.md, "Threads")
     progress: bool = True
 
     EXECUTION_FIELDS = ("device", "amp", "memory_format", "threads", "progress", "checkpoint_every", "keep_checkpoint")

@@ -18,7 +18,7 @@ rule train:
         f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
     conda:
         "../envs/fedmic.yaml"
-    threads: config.get("threads_per_run", 2)
+    threads: config.get("threads_per_run", 1)
     resources:
         gpu=1,
         runtime=train_runtime_min,
