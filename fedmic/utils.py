@@ -41,10 +41,14 @@ def atomic_open(path: str | Path, mode: str = "wb"):
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRORS and e.filename in (None, str(tmp)):
             # name the file being written, not its temporary twin (a failed write() names none)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+# what writing a file can meet (a network error inside the block, e.g. a download, keeps its own)
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -171,8 +171,8 @@ CASES = [
     Case("more clients than images", ["partition", "--dataset", FLAG, "--root", "{data}", "--lam", "0.5",
                                       "--clients", "100", "--out", "p2.json"], 2,
          ("more clients than images allow", "use fewer clients or a smaller min_size")),
-    Case("unknown table", ["table", "t99", "--inputs", "x.json", "--out", "t"], 2,
-         ("unknown table 't99'; choose one of t1, t2",)),
+    Case("table input missing", ["table", "t2", "--inputs", "x.json", "--out", "t"], 2,
+         ("x.json: cannot read run JSON", "No such file or directory", "check the path, or rerun `fedmic train`")),
     # --- outputs: checked before training, earlier files untouched -----------------------------
     Case("output is a folder", train(), 2, ("out/run.json: Is a directory. Fix: a folder is where a file should be",),
          setup=folder("out/run.json")),

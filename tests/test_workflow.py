@@ -204,13 +204,18 @@ def dry_run_with(workdir, tmp_path, **train) -> dict[str, int]:
     {"methods": {"fedavg": {"method": "fedavg"}, "fedmic": {"method": "fedmic", "hp": {"tau": 2.0}}}},
 ], ids=lambda c: next(iter(c)))
 def test_execution_settings_retrain_nothing(tiny_run, tmp_path, change):
-    assert dry_run_with(tiny_run, tmp_path, **change) == {}
+    assert set(dry_run_with(tiny_run, tmp_path, **change)) <= PROVENANCE_ONLY
+
+
+# the provenance record holds the resolved config, so it is rewritten; no run, no table
+PROVENANCE_ONLY = {"collect_all", "all"}
 
 
 def test_more_threads_retrain_nothing(tiny_run, tmp_path):
     cfg = (REPO / "config" / "tiny.yaml").read_text().replace("threads_per_run: 1", "threads_per_run: 2")
     (tmp_path / "threads.yaml").write_text(cfg)
-    assert job_counts(snakemake(tiny_run, "-n", "--cores", "2", "all", config=str(tmp_path / "threads.yaml")).stdout) == {}
+    counts = job_counts(snakemake(tiny_run, "-n", "--cores", "2", "all", config=str(tmp_path / "threads.yaml")).stdout)
+    assert set(counts) <= PROVENANCE_ONLY
 
 
 @pytest.mark.parametrize("change, retrained", [
@@ -295,7 +300,7 @@ def test_code_change_retrains_exactly_the_runs_that_use_it(copied_workflow, edit
 
 
 def test_workflow_reads_without_torch(tmp_path):
-    """Parsing the Snakefile and planning the demo's 84 runs imports no torch (issue 14)."""
+    """Parsing the Snakefile and planning every run of the demo imports no torch (issue 14)."""
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(
@@ -312,4 +317,5 @@ def test_workflow_reads_without_torch(tmp_path):
                           "--cores", "2", "all", "--configfile", str(REPO / "config/demo.yaml")],
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert job_counts(res.stdout)["train"] == 84
+    from fedmic import grid
+    assert job_counts(res.stdout)["train"] == len(grid.all_runs(yaml.safe_load((REPO / "config/demo.yaml").read_text())))
