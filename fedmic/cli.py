@@ -1,7 +1,8 @@
-"""Command line: `fedmic download | partition | train | table | figure | report-grid`.
+"""Command line: `fedmic download | partition | train | collect | table | figure`.
 
 Every Snakemake rule is one call of this command; errors a user can fix are printed as one
-clear line (no traceback) with exit status 2.
+clear line (no traceback) with exit status 2. Parsing needs no torch: `fedmic --help` and
+`fedmic --version` answer at once, and a command imports only what it runs.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -19,6 +21,9 @@ import yaml
 # sleep (docs/performance.md, "Threads"). libgomp reads this once, when torch loads it, so it is
 # set here, before any command imports torch; a value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import __version__  # noqa: E402  (after the OpenMP setting)
+from .config import ConfigError, RunConfig
 
 
 def _labels_loader(root):
@@ -43,6 +48,8 @@ def cmd_download(a):
 def cmd_partition(a):
     from .data.medmnist import load_dataset
     from .data.partition import make_partition, save_partition
+    from .utils import check_writable
+    check_writable(a.out)
     data = load_dataset(a.dataset, a.root, size=a.size)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
     part = make_partition(a.scheme, labels, a.clients, a.lam, a.seed, a.min_size, n_classes=data.n_classes,
@@ -53,32 +60,65 @@ def cmd_partition(a):
                  a.out, a.clients, min(sizes), max(sizes), part.redraws)
 
 
-def load_run_config(spec: str, overrides: list[str]):
-    from .config import RunConfig
+def load_run_config(spec: str, overrides: list[str], **settings) -> RunConfig:
+    """A run config from a file or inline JSON, then `--set KEY=VALUE` overrides and flags
+    (`settings`, None: not given), all checked together by RunConfig."""
     if spec.lstrip().startswith("{"):
-        d = json.loads(spec)
+        try:
+            d = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config: inline JSON is malformed ({e})") from None
     else:
+        if Path(spec).is_dir():
+            raise ConfigError(f"--config {spec} is a folder; give a YAML/JSON run config file or an inline JSON object")
         with open(spec) as f:  # a stream, so a YAML error names the file
             d = yaml.safe_load(f)
+        if d is None:
+            raise ConfigError(f"config file {spec} is empty; write the run's settings in it as key: value lines "
+                              "(at least dataset: NAME), or pass --config '{\"dataset\": ...}'")
+    if not isinstance(d, dict):
+        raise ConfigError(f"config {spec} must be a mapping of key: value (e.g. dataset: breastmnist), got {d!r}")
     for item in overrides or []:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE (e.g. --set lr=0.01 or --set hp.tau=4)")
         target = d
         *path, last = key.split(".")
         for p in path:
             target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping in the config")
         target[last] = yaml.safe_load(value)
+    d.update({k: v for k, v in settings.items() if v is not None})
     return RunConfig.from_dict(d)
 
 
+def check_device(name: str) -> None:
+    """Refuse a CUDA device torch cannot see now, before any data is loaded."""
+    import torch
+
+    if not name.startswith("cuda"):
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.partition(":")[2] or 0)
+    if index >= n:
+        seen = f"{n} CUDA device(s) (cuda:0 .. cuda:{n - 1})" if n else "no CUDA device"
+        raise ConfigError(f"device {name!r}: torch {torch.__version__} sees {seen}; use device auto or cpu, "
+                          "or a CUDA build of torch on a machine with a GPU")
+
+
 def cmd_train(a):
-    from .engine import Simulation
-    cfg = load_run_config(a.config, a.set)
-    if a.threads is not None:
-        cfg.threads = a.threads
-    if a.device is not None:
-        cfg.device = a.device
-    if a.no_progress:
-        cfg.progress = False
+    from .utils import check_writable
+    settings = {f: getattr(a, f) for f in RunConfig.EXECUTION_FIELDS}
+    cfg = load_run_config(a.config, a.set, **settings)
+    if a.fingerprint is not None and a.fingerprint != cfg.fingerprint():
+        raise ConfigError(f"this fedmic ({__version__}, {Path(__file__).parent}) makes the run's fingerprint "
+                          f"{cfg.fingerprint()}, the workflow planned {a.fingerprint}: the job runs another fedmic "
+                          "than Snakemake does; install the same version in both (or drop --fingerprint)")
+    from .engine import Simulation, timing_path  # torch: only once the config is known to be good
+    check_device(cfg.device)
+    out = Path(a.out)
+    check_writable(out, timing_path(out), out.with_name(out.name + ".ckpt"))
     res = Simulation(cfg, a.partition, a.root).run(a.out)
     s = res["summary"]
     logging.info("%s: personalised acc %.4f auc %.4f; uplink %.0f B/round", a.out,
@@ -101,10 +141,30 @@ def cmd_collect(a):
     collect(a.inputs, a.out, a.provenance, json.loads(a.config) if a.config else None, a.source)
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, like every other error of this command (argparse adds the usage first)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# `fedmic train` flags for RunConfig's execution settings: how a run is computed, not which
+# run it is (the workflow passes them outside the settings whose change retrains a run).
+EXECUTION_HELP = {
+    "threads": "CPU threads for torch (0: torch's default)",
+    "device": "auto (CUDA if available), cpu, cuda or cuda:N",
+    "memory_format": "auto, channels_last or contiguous",
+    "checkpoint_every": "rounds between checkpoints (0: none)",
+    "keep_checkpoint": "keep the checkpoint after the run ends",
+    "progress": "progress bar",
+    "amp": "mixed precision (bfloat16) on CUDA",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fedmic", description=__doc__.splitlines()[0])
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = Parser(prog="fedmic", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"fedmic {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; errors with their traceback")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     root_help = "MedMNIST folder (default: $FEDMIC_MEDMNIST_ROOT, else ~/.medmnist)"
 
     p = sub.add_parser("download", help="fetch and verify MedMNIST files")
@@ -133,9 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", required=True)
     p.add_argument("--out", required=True, help="run JSON to write")
     p.add_argument("--root", help=root_help)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fingerprint", help="refuse to run unless the config's fingerprint is this (the workflow's check)")
+    kinds = {f.name: f.type for f in fields(RunConfig)}
+    for name in RunConfig.EXECUTION_FIELDS:
+        flag = "--" + name.replace("_", "-")
+        if kinds[name] == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=EXECUTION_HELP[name])
+        else:
+            p.add_argument(flag, type=int if kinds[name] == "int" else str, help=EXECUTION_HELP[name])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("collect", help="write the tidy results file (a row per run, round and metric)")
@@ -157,24 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
-    from .config import ConfigError
-    from .data.medmnist import DatasetError
-    from .data.partition import PartitionError
-    from .engine import CheckpointError, DivergenceError
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix (bad input, a file problem): one line, not a traceback. Only the
+    modules a command imported can have raised their own, so none is imported here."""
+    kinds = [ValueError, OSError, yaml.YAMLError]  # ConfigError, PartitionError: ValueErrors
+    for module, names in (("fedmic.data.medmnist", ("DatasetError",)),
+                          ("fedmic.engine", ("CheckpointError", "DivergenceError"))):
+        if module in sys.modules:
+            kinds += [getattr(sys.modules[module], n) for n in names]
+    return tuple(kinds)
 
+
+def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         a.func(a)
-    # FileNotFoundError: a mistyped --config/--partition path; YAMLError: a malformed config file
-    except (ConfigError, DatasetError, PartitionError, CheckpointError, DivergenceError, ValueError,
-            FileNotFoundError, yaml.YAMLError) as e:
-        if a.verbose:
+    except Exception as e:
+        if a.verbose or not isinstance(e, user_errors()):
             raise
+        from .utils import describe_os_error
+        text = describe_os_error(e) if isinstance(e, OSError) else str(e)
         # one line even for multi-line messages (YAML's point to the faulty column)
-        print(f"fedmic {a.cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"fedmic {a.cmd}: error: {' '.join(text.split())}", file=sys.stderr)
         return 2
     return 0
 

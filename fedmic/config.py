@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
+import re
 from dataclasses import asdict, dataclass, field, fields
 
-from .models import MODELS
+from .methods import METHODS, number_hint, resolve_hp
 
 PARTITION_SCHEMES = ("dirichlet_label", "dirichlet_client")
+# fedmic.models.build_model's architectures, named here so that checking a config needs no
+# torch (the Snakefile checks every run while it builds the DAG).
+MODELS = ("cnn", "cnn_bn", "resnet18")
 
 
 class ConfigError(ValueError):
@@ -23,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     dataset: str
-    method: str = "fedavg"             # algorithm name (fedmic.algorithms.ALGORITHMS)
+    method: str = "fedavg"             # algorithm name (fedmic.methods.METHODS)
     arm: str | None = None             # name of this variant in tables (default: method)
     hp: dict = field(default_factory=dict)  # the method's hyperparameters (its defaults fill the rest)
     # partition (SPEC 2.1)
@@ -73,8 +78,6 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .algorithms import ALGORITHMS
-
         def need(cond: bool, msg: str):
             if not cond:
                 raise ConfigError(msg)
@@ -88,11 +91,12 @@ class RunConfig:
                 v = v.item()
                 setattr(self, f.name, v)
             if want is not None and (not isinstance(v, want) or (isinstance(v, bool) and f.type != "bool")):
-                hint = " (YAML reads 1e-3 as a string: write 1.0e-3)" if f.type == "float" and isinstance(v, str) else ""
+                hint = number_hint(v) if f.type == "float" else ""
                 raise ConfigError(f"{f.name} must be {'a number' if f.type == 'float' else f'of type {f.type}'}, "
                                   f"got {v!r} ({type(v).__name__}){hint}")
+            need(f.type != "float" or math.isfinite(v), f"{f.name} must be a finite number, got {v!r}")
 
-        need(self.method in ALGORITHMS, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
+        need(self.method in METHODS, f"unknown method {self.method!r}; choose one of: {', '.join(sorted(METHODS))}")
         need(self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         need(self.scheme in PARTITION_SCHEMES, f"unknown partition scheme {self.scheme!r}; choose one of: {', '.join(PARTITION_SCHEMES)}")
         need(self.lam > 0, f"lam (Dirichlet concentration) must be > 0, got {self.lam}")
@@ -112,15 +116,20 @@ class RunConfig:
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         need(self.memory_format in ("auto", "channels_last", "contiguous"),
              f"memory_format must be auto, channels_last or contiguous, got {self.memory_format!r}")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        from .algorithms import algorithm_defaults
-        unknown = set(self.hp) - set(algorithm_defaults(self.method))
-        need(not unknown, f"unknown hyperparameter(s) {sorted(unknown)} for method {self.method!r}; "
-                          f"valid: {sorted(algorithm_defaults(self.method)) or 'none'}")
+        need(self.threads >= 0, f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        try:
+            full = resolve_hp(self.method, self.hp, self.to_dict())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        # the given values as the spec normalises them (tau: 4 -> 4.0: the same run either way)
+        self.hp = {k: full[k] for k in self.hp}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config is a mapping of key: value (e.g. dataset: breastmnist), got {d!r}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -130,17 +139,27 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def resolved_hp(self) -> dict:
-        from .algorithms import algorithm_defaults
-        return {**algorithm_defaults(self.method), **self.hp}
-
-    def science(self) -> dict:
-        """Everything that determines the numbers: the method's full hyperparameters included."""
+    def without_execution(self) -> dict:
+        """The settings that make the run what it is (hp as given); see `science` for the full hp."""
         d = self.to_dict()
         for k in self.EXECUTION_FIELDS:
             d.pop(k)
-        d["hp"] = self.resolved_hp()
         return d
+
+    def execution_args(self, **override) -> list[str]:
+        """The execution settings as `fedmic train` flags (--checkpoint-every 5, --no-amp, ...)."""
+        args = []
+        for k in self.EXECUTION_FIELDS:
+            v, flag = override.get(k, getattr(self, k)), "--" + k.replace("_", "-")
+            args += [flag if v else f"--no-{flag[2:]}"] if isinstance(v, bool) else [flag, str(v)]
+        return args
+
+    def resolved_hp(self) -> dict:
+        return resolve_hp(self.method, self.hp, self.to_dict())
+
+    def science(self) -> dict:
+        """Everything that determines the numbers: the method's full hyperparameters included."""
+        return {**self.without_execution(), "hp": self.resolved_hp()}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]

@@ -153,9 +153,22 @@ class Simulation:
     def save_checkpoint(self, out: Path, rnd: int) -> None:
         # Streamed into the file: serialising to memory first held two extra copies of every
         # client's state (+0.8x the checkpoint in peak RSS, measured at 100 clients).
-        with atomic_open(self.checkpoint_path(out)) as f:
-            torch.save({"fingerprint": self.cfg.fingerprint(), "round": rnd, "server": self.server,
-                        "clients": self.clients, "history": self.history, "timing": self.timing}, f)
+        path = self.checkpoint_path(out)
+        try:
+            with atomic_open(path) as f:
+                torch.save({"fingerprint": self.cfg.fingerprint(), "round": rnd, "server": self.server,
+                            "clients": self.clients, "history": self.history, "timing": self.timing}, f)
+        except (OSError, RuntimeError) as e:
+            # torch reports a failed write as its C++ writer's RuntimeError (inline_container.cc);
+            # the OSError it met says why
+            cause = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(cause, OSError):
+                raise
+            from .utils import describe_os_error
+            raise CheckpointError(
+                f"round {rnd}: cannot write the checkpoint, "
+                f"{describe_os_error(cause, path)}; the run stopped, and its "
+                "previous checkpoint (if any) is kept for the rerun (checkpoint_every: 0 trains without)") from e
 
     def try_resume(self, out: Path) -> None:
         path = self.checkpoint_path(out)
@@ -265,10 +278,16 @@ class Simulation:
             if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 and rnd < cfg.rounds:
                 self.save_checkpoint(out, rnd)
         result = self.result()
-        dump_json(result, out)
         env = environment(self.device, torch.get_num_threads(), self.ctx.memory_format)
+        # the run JSON last: once it exists, everything is written; if it cannot be, nothing
+        # of this run is left but its checkpoint, for the rerun to resume from
         dump_json({"rounds": self.timing, "peak_rss_mb": peak_rss_mb(), "env": env},
                   timing_path(out))
+        try:
+            dump_json(result, out)
+        except BaseException:
+            timing_path(out).unlink(missing_ok=True)
+            raise
         ck = self.checkpoint_path(out)
         if ck.exists() and not cfg.keep_checkpoint:
             ck.unlink()

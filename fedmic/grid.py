@@ -9,11 +9,14 @@ clients, partition seed), never on the method.
 """
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
+from .methods import METHODS
 
 TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9")
 FIGURES = ("f3", "learning_curves", "acc_vs_bytes", "svd_ranks")
@@ -70,7 +73,9 @@ def base_arms(config: dict) -> dict[str, dict]:
 
 
 def ablation_arms(config: dict) -> dict[str, dict]:
-    t5 = config.get("tables", {}).get("t5", {})
+    if not enabled(config, "t5"):
+        return {}
+    t5 = _section(config, "t5")
     return {name: {"method": spec.get("method", "fedmic"), "hp": dict(spec.get("hp", {})),
                    "train": dict(spec.get("train", {}))}
             for name, spec in t5.get("arms", {}).items()}
@@ -78,13 +83,19 @@ def ablation_arms(config: dict) -> dict[str, dict]:
 
 def sensitivity_arms(config: dict) -> dict[str, dict]:
     """One arm per (parameter, value) of T6, named e.g. 'fedmic-tau4' or 'fedmic-energy0.9-0.95'."""
-    t6 = config.get("tables", {}).get("t6", {})
-    base = t6.get("base", "fedmic")
+    if not enabled(config, "t6"):
+        return {}
+    t6 = _section(config, "t6")
+    base = table_base(config, "t6")
     spec = base_arms(config)[base]
     arms = {}
     for param, values in t6.get("values", {}).items():
         if param not in SENSITIVITY_PARAMS:
             raise ConfigError(f"tables.t6.values: unknown parameter {param!r}; choose from {', '.join(SENSITIVITY_PARAMS)}")
+        needed = ("energy_start", "energy_end") if param == "energy" else (param,)
+        if not set(needed) <= set(METHODS[spec["method"]].hp):
+            raise ConfigError(f"tables.t6.values.{param}: the base arm {base!r} (method {spec['method']}) has no "
+                              f"hyperparameter {' or '.join(needed)}; set tables.t6.base to a fedmic or fedkd arm")
         for v in values:
             arm = copy.deepcopy(spec)
             if param == "energy":
@@ -97,6 +108,16 @@ def sensitivity_arms(config: dict) -> dict[str, dict]:
                 name = f"{base}-{param}{fmt(float(v))}"
             arms[name] = arm
     return arms
+
+
+def table_base(config: dict, table: str) -> str:
+    """The arm T5/T6 vary (tables.tN.base, default fedmic): it must be one of `methods`."""
+    base = _section(config, table).get("base", "fedmic")
+    if base not in config["methods"]:
+        raise ConfigError(f"tables.{table}.base: there is no arm {base!r} under methods (defined: "
+                          f"{', '.join(config['methods'])}); add one or set tables.{table}.base, "
+                          f"or switch the table off with tables.{table}.enabled: false")
+    return base
 
 
 def all_arms(config: dict) -> dict[str, dict]:
@@ -142,7 +163,10 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         datasets, lams, seeds = _axes(config, "t2")
         arms = _check_arms(config, "t2", _section(config, "t2").get("arms", list(config["methods"])))
         if table == "svd_ranks":
-            arms = [a for a in arms if all_arms(config)[a]["method"] in ("fedmic", "fedkd")]
+            arms = [a for a in arms if METHODS[all_arms(config)[a]["method"]].factorised]
+            if not arms:
+                raise ConfigError("figures.svd_ranks plots the upload ranks of fedkd or fedmic arms, and T2 has none; "
+                                  "add one, or set figures.svd_ranks.enabled: false")
         return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
                 for d in datasets for l in lams for a in arms for s in seeds]
     if table == "t3":
@@ -153,12 +177,12 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
                 for j in sec.get("join_ratios", [0.1, 0.2, 0.5, 1.0]) for a in arms for s in seeds]
     if table == "t5":
         datasets, lams, seeds = _axes(config, "t5")
-        arms = [_section(config, "t5").get("base", "fedmic"), *ablation_arms(config)]
+        arms = [table_base(config, "t5"), *ablation_arms(config)]
         return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
                 for d in datasets for l in lams for a in arms for s in seeds]
     if table == "t6":
         datasets, lams, seeds = _axes(config, "t6")
-        arms = [_section(config, "t6").get("base", "fedmic"), *sensitivity_arms(config)]
+        arms = [table_base(config, "t6"), *sensitivity_arms(config)]
         return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
                 for d in datasets for l in lams for a in arms for s in seeds]
     if table == "t7":
@@ -176,9 +200,10 @@ def enabled(config: dict, name: str) -> bool:
 
 
 def all_runs(config: dict) -> list[RunKey]:
+    """Every run an enabled table or figure reads (T1 and F3 read partitions only)."""
     keys = set()
-    for t in ("t2", "t3", "t5", "t6", "t7"):
-        if enabled(config, t):
+    for t in TABLES + FIGURES:
+        if t not in ("t1", "f3") and enabled(config, t):
             keys.update(table_runs(config, t))
     return sorted(keys)
 
@@ -189,7 +214,16 @@ def partitions_for_t1(config: dict) -> list[str]:
     return [partition_path(config, d, l, _default_clients(config), seeds[0]) for d in datasets for l in lams]
 
 
-def run_config(config: dict, key: RunKey) -> dict:
+def arm_origin(config: dict, arm: str) -> str:
+    """Where in the config an arm is defined, for error messages."""
+    if arm in config["methods"]:
+        return f"methods.{arm}"
+    if arm in ablation_arms(config):
+        return f"tables.t5.arms.{arm}"
+    return f"tables.t6 (a variant of {table_base(config, 't6')!r})"
+
+
+def run_config(config: dict, key: RunKey) -> RunConfig:
     """The full RunConfig of one run (validated: a bad value fails at DAG-build time)."""
     arms = all_arms(config)
     if key.arm not in arms:
@@ -201,20 +235,118 @@ def run_config(config: dict, key: RunKey) -> dict:
              clients=key.clients, join_ratio=key.join_ratio, seed=key.seed,
              partition_seed=partition_seed(config, key.seed), scheme=partition_scheme(config, key.dataset),
              min_size=int(config.get("partition", {}).get("min_size", 10)))
-    return RunConfig.from_dict(d).to_dict()
+    try:
+        return RunConfig.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{arm_origin(config, key.arm)}, run {key.dataset} lam={fmt(key.lam)} K={key.clients} "
+                          f"join_ratio={fmt(key.join_ratio)} seed={key.seed}: {e}") from None
+
+
+# --- the command line ----------------------------------------------------------------------
+TARGETS_FIRST = "write targets before --configfile (snakemake TARGET ... --configfile FILE), as it takes several files"
+
+
+def misplaced_targets(config: dict, configfiles: list[str]) -> str | None:
+    """A target written after --configfile is read as a config file. Snakemake stops by itself
+    when no such file exists, before the workflow is read; an existing output (a run JSON)
+    does load, and is caught here."""
+    outputs = [Path(config[k]).resolve() for k in ("results", "logs") if isinstance(config.get(k), str)]
+    for f in configfiles:
+        if any(Path(f).resolve().is_relative_to(d) for d in outputs):
+            return f"--configfile {f} is an output of this workflow, not a config; {TARGETS_FIRST}"
+    return None
+
+
+def target_problem(config: dict, targets: list[str]) -> str | None:
+    """Why a table_*/figure_* target cannot be built: its section is switched off, or no such
+    table or figure exists (Snakemake alone says only 'No rule to produce ...')."""
+    for t in targets:
+        kind, _, name = t.partition("_")
+        names = {"table": TABLES, "figure": FIGURES}.get(kind)
+        if names is None or "/" in t:
+            continue
+        if name not in names:
+            return f"unknown target {t}; {kind} targets: {', '.join(f'{kind}_{n}' for n in names)}"
+        if not enabled(config, name):
+            section = f"{kind}s.{name}"
+            return (f"target {t}: {section} is switched off in the config ({section}.enabled: false); "
+                    "remove that line (or set it to true) to build it")
+    return None
+
+
+# --- code triggers -------------------------------------------------------------------------
+# A run is retrained when a file it depends on changes: the modules its method's class needs
+# and the engine's, found by reading their imports (ast: no torch, nothing executed).
+PACKAGE = Path(__file__).resolve().parent
+# Read by every run but never a reason to retrain one: the package's __init__ holds only the
+# version string (a test keeps it so), and methods.py is declarative; what it means for a run
+# (its full hyperparameters) is in the run's fingerprint, a rule parameter, so a changed
+# default retrains exactly the runs it changes and an edited description retrains none.
+NOT_RUN_CODE = ("__init__.py", "methods.py")
+
+
+def _module_file(dotted: str) -> Path | None:
+    parts = dotted.split(".")
+    if parts[0] != PACKAGE.name:
+        return None
+    base = PACKAGE.parent.joinpath(*parts)
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(path: Path) -> frozenset[str]:
+    """Dotted names of every module `path` imports, at any depth (lazy imports in functions
+    count: they run when the code does). `from pkg import name` yields pkg and pkg.name (the
+    latter only matters if it is a submodule)."""
+    # the package a relative import starts from (for a/b/c.py and a/b/__init__.py alike: a.b)
+    package = path.relative_to(PACKAGE.parent).parts[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            anchor = list(package[:len(package) - node.level + 1]) if node.level else []
+            mod = ".".join(anchor + ([node.module] if node.module else []))
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return frozenset(out)
+
+
+def import_closure(*roots: Path) -> set[Path]:
+    """The package's source files that importing `roots` runs: the roots, every package
+    module they import, transitively, and the __init__.py of each package on the way."""
+    seen: set[Path] = set()
+    todo = list(roots)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        parent = path.parent
+        while parent != PACKAGE.parent:  # importing a.b.c runs a/__init__ and a/b/__init__
+            todo.append(parent / "__init__.py")
+            parent = parent.parent
+        todo.extend(f for f in map(_module_file, _imported_modules(path)) if f is not None)
+    return seen
 
 
 def code_files(method: str) -> list[str]:
-    """Source files whose change must retrain a run of `method`: the engine and shared modules,
-    plus the method's own file only, so editing one algorithm reruns only its runs."""
-    pkg = Path(__file__).resolve().parent
-    core = ["engine.py", "config.py", "comm.py", "distill.py", "metrics.py", "models.py", "utils.py",
-            "algorithms/base.py", "algorithms/__init__.py", "data/medmnist.py", "data/partition.py"]
-    from .algorithms import ALGORITHMS
-    module = ALGORITHMS[method].split(":")[0]
-    return [str(pkg / f) for f in core] + [str(pkg / "algorithms" / f"{module}.py")]
+    """Source files whose change must retrain a run of `method`: the method's module with
+    everything it imports (its base classes' modules among them: FedProx's runs depend on
+    fedavg.py, FedRep's on fedper.py) and the engine's import closure. Other methods' modules
+    are imported by name at run time (fedmic.algorithms.get_algorithm), so they are not in it."""
+    return list(_run_code(METHODS[method].impl.split(":")[0]))
+
+
+@functools.lru_cache(maxsize=None)  # once per method, not per job: the paper grid has ~1000
+def _run_code(module: str) -> tuple[str, ...]:
+    files = import_closure(PACKAGE / "engine.py", PACKAGE / "algorithms" / f"{module}.py")
+    return tuple(sorted(str(f) for f in files if str(f.relative_to(PACKAGE)) not in NOT_RUN_CODE))
 
 
 def report_code_files() -> list[str]:
-    pkg = Path(__file__).resolve().parent
-    return sorted(str(p) for p in (pkg / "report").glob("*.py"))
+    """What `fedmic table` and `fedmic figure` run: a change rebuilds tables and figures."""
+    return sorted(str(f) for f in import_closure(*(PACKAGE / "report").glob("*.py")))

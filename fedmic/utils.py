@@ -1,11 +1,14 @@
-"""Small helpers shared by every stage: stable seeds, atomic writes, JSON without NaN."""
+"""Small helpers shared by every stage: stable seeds, atomic writes, JSON without NaN, and
+one-line reports of file-system failures."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -36,9 +39,16 @@ def atomic_open(path: str | Path, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRORS and e.filename in (None, str(tmp)):
+            # name the file being written, not its temporary twin (a failed write() names none)
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+# what writing a file can meet (a network error inside the block, e.g. a download, keeps its own)
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -64,3 +74,58 @@ def json_clean(obj):
 
 def dump_json(obj, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(json_clean(obj), indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def check_writable(*paths: str | Path) -> None:
+    """Fail now, not after hours of training, if these files cannot be written: a folder where
+    a file should be, a folder that cannot be created or written, a file system without room
+    for a small test write (a nearly full disk can still pass; the real write then fails
+    cleanly). Nothing is left behind and nothing that exists is changed."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.probe")
+        try:
+            with open(probe, "xb") as f:
+                try:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+                    os.fsync(f.fileno())
+                finally:
+                    probe.unlink()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path.parent)) from e
+
+
+_FIXES = {
+    errno.ENOSPC: "free space on that file system (df -h {folder}) or write elsewhere",
+    errno.EDQUOT: "free space within your quota or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "give yourself access to {path} (chmod/chown) or use another folder",
+    errno.EPERM: "give yourself access to {path} (chmod/chown) or use another folder",
+    errno.EISDIR: "a folder is where a file should be: remove or rename the folder {path}",
+    errno.ENOTDIR: "a file is where a folder should be on the way to {path}: remove or rename it",
+    errno.EEXIST: "a file is where the folder {path} should be: remove or rename it",
+    errno.ENOENT: "check the path (a typo? a file not made yet?)",
+}
+
+
+def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
+    """One line: the path (the error's, else `path`), the cause and the fix."""
+    path = Path(e.filename) if e.filename else Path(path) if path else None
+    cause = e.strerror or str(e)
+    if e.errno == errno.ENOSPC and path is not None:
+        with contextlib.suppress(OSError):
+            cause += f" ({shutil.disk_usage(_existing_parent(path)).free} bytes free)"
+    fix = _FIXES.get(e.errno)
+    if fix and path is not None:
+        fix = fix.format(folder=path if path.is_dir() else path.parent, path=path)
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{cause}" + (f". Fix: {fix}" if fix else "")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -384,22 +384,6 @@ def test_fedproto_predicts_the_nearest_global_prototype(small):
         assert torch.equal(head(small.x), model(small.x))
 
 
-# --- hyperparameters -------------------------------------------------------------------------
-@pytest.mark.parametrize("method,key,value", [
-    ("ditto", "lam", -1.0), ("ditto", "personal_epochs", 0), ("moon", "mu", "one"), ("moon", "tau", 0.0),
-    ("fml", "alpha", 1.5), ("fml", "tau", -1), ("fedkd", "energy_start", 1.2), ("fedkd", "downlink", "full"),
-    ("fedkd", "adaptive", 1), ("fedproto", "lam", float("nan")), ("fedproto", "inference", "knn"),
-])
-def test_bad_hyperparameters_are_refused_by_name(method, key, value):
-    with pytest.raises(ValueError, match=key):
-        make(method, **{key: value})
-
-
-def test_fedkd_energy_schedule_must_grow():
-    with pytest.raises(ValueError, match="energy_end"):
-        make("fedkd", energy_start=0.99, energy_end=0.95)
-
-
 # --- end to end ------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_end_to_end_run(method, partition, data, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmic.algorithms import ClientData, Context, get_algorithm
+from fedmic.algorithms import ClientData, Context, algorithm_defaults, get_algorithm
 from fedmic.algorithms.base import Upload, is_bn_key
 from fedmic.comm import Payload
 from fedmic.models import build_model
@@ -121,12 +121,6 @@ def test_fedprox_pulls_weights_towards_global():
     d_avg = dist(avg.local_update(0, {}, down, toy_data(5), 1, gen())[1])
     d_prox = dist(prox.local_update(0, {}, down, toy_data(5), 1, gen())[1])
     assert 0 < d_prox < 0.9 * d_avg, (d_prox, d_avg)
-
-
-@pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf"), "0.1", True])
-def test_fedprox_rejects_bad_mu(mu):
-    with pytest.raises(ValueError, match="mu"):
-        make_algo("fedprox", hp={"mu": mu})
 
 
 # --------------------------------------------------------------------------- FedBN
@@ -249,12 +243,6 @@ def test_fedrep_trains_head_then_encoder():
     assert all(p.requires_grad for p in algo.worker.parameters()), "frozen parameters must be released"
 
 
-@pytest.mark.parametrize("h", [0, -1, 2.5, True, "10"])
-def test_fedrep_rejects_bad_head_epochs(h):
-    with pytest.raises(ValueError, match="head_epochs"):
-        make_algo("fedrep", hp={"head_epochs": h})
-
-
 # --------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
@@ -320,7 +308,7 @@ def test_end_to_end(breast, tmp_path, method, fedavg_run):
     hp = E2E_HP.get(method, {})
     sim, run = simulate(breast, tmp_path, method, model, hp)
     assert run["config"]["method"] == method
-    assert run["config"]["hp"] == {**get_algorithm(method).defaults, **hp}
+    assert run["config"]["hp"] == {**algorithm_defaults(method), **hp}
     assert len(run["history"]) == 2
     for h in run["history"]:
         assert h["uplink_bytes"] == [per_client] * len(h["sampled"])

@@ -316,7 +316,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(part, tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(engine.torch, "save", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=rf"round 2: cannot write the checkpoint, {ck}: disk full; the run stopped"):
         sim.save_checkpoint(out, 2)
     assert ck.read_bytes() == old and leftovers(tmp_path) == []
 

@@ -4,12 +4,15 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import mark_outputs_done
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "medmnist"
@@ -179,3 +182,140 @@ def test_workflow_is_snakefmt_formatted_and_lint_clean(tmp_path):
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
     lint = snakemake(tmp_path, "--lint", check=False)
     assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+
+
+# --------------------------------------------------------------------------- what retrains a run
+def dry_run_with(workdir, tmp_path, **train) -> dict[str, int]:
+    """Dry-run the tiny config with `train` settings changed."""
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    methods = train.pop("methods", None)
+    cfg["train"].update(train)
+    if methods:
+        cfg["methods"] = methods
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return job_counts(snakemake(workdir, "-n", "--cores", "2", "all", config=str(path)).stdout)
+
+
+@pytest.mark.parametrize("change", [
+    {"checkpoint_every": 3}, {"keep_checkpoint": True}, {"progress": True}, {"device": "cpu"},
+    {"memory_format": "contiguous"}, {"amp": True},
+    # the default written out is the same run
+    {"methods": {"fedavg": {"method": "fedavg"}, "fedmic": {"method": "fedmic", "hp": {"tau": 2.0}}}},
+], ids=lambda c: next(iter(c)))
+def test_execution_settings_retrain_nothing(tiny_run, tmp_path, change):
+    assert set(dry_run_with(tiny_run, tmp_path, **change)) <= PROVENANCE_ONLY
+
+
+# the provenance record holds the resolved config, so it is rewritten; no run, no table
+PROVENANCE_ONLY = {"collect_all", "all"}
+
+
+def test_more_threads_retrain_nothing(tiny_run, tmp_path):
+    cfg = (REPO / "config" / "tiny.yaml").read_text().replace("threads_per_run: 1", "threads_per_run: 2")
+    (tmp_path / "threads.yaml").write_text(cfg)
+    counts = job_counts(snakemake(tiny_run, "-n", "--cores", "2", "all", config=str(tmp_path / "threads.yaml")).stdout)
+    assert set(counts) <= PROVENANCE_ONLY
+
+
+@pytest.mark.parametrize("change, retrained", [
+    ({"lr": 0.01}, 2), ({"rounds": 3}, 2),
+    ({"methods": {"fedavg": {"method": "fedavg"}, "fedmic": {"method": "fedmic", "hp": {"tau": 3}}}}, 1),
+], ids=["lr", "rounds", "fedmic-tau"])
+def test_science_settings_retrain_their_runs(tiny_run, tmp_path, change, retrained):
+    counts = dry_run_with(tiny_run, tmp_path, **change)
+    assert counts.get("train") == retrained and "partition" not in counts
+
+
+def test_a_changed_default_changes_exactly_its_runs_fingerprints(monkeypatch):
+    """A default lives in fedmic/methods.py, which is not a code input (grid.NOT_RUN_CODE):
+    its runs are retrained through the fingerprint, a rule parameter (test above: tau)."""
+    import dataclasses
+    from fedmic import grid
+    from fedmic.methods import METHODS
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    before = {k: grid.run_config(cfg, k).fingerprint() for k in grid.all_runs(cfg)}
+    prox = METHODS["fedprox"]
+    monkeypatch.setitem(METHODS, "fedprox", dataclasses.replace(prox, hps=(dataclasses.replace(prox.hps[0], default=0.02),)))
+    after = {k: grid.run_config(cfg, k).fingerprint() for k in grid.all_runs(cfg)}
+    changed = {k.arm for k in before if before[k] != after[k]}
+    assert changed == {"fedprox"}
+
+
+EVERY_METHOD = {"local": {}, "fedavg": {}, "fedprox": {}, "fedbn": {"train": {"model": "cnn_bn"}}, "fedper": {},
+                "fedrep": {}, "ditto": {}, "moon": {}, "fml": {}, "fedkd": {}, "fedproto": {}, "fedmic": {}}
+
+
+@pytest.fixture(scope="module")
+def copied_workflow(tmp_path_factory):
+    """A copy of the package and the workflow, with every method's tiny run done (marked done:
+    only which jobs a code change reschedules is tested)."""
+    root = tmp_path_factory.mktemp("copy")
+    for d in ("fedmic", "workflow"):
+        shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "data").mkdir()
+    shutil.copy(SHARED / "breastmnist.npz", root / "data")  # --touch must not touch the shared file
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    cfg.update(data_root=str(root / "data"), methods={m: {"method": m, **extra} for m, extra in EVERY_METHOD.items()})
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    work = root / "work"
+    work.mkdir()
+    mark_outputs_done(root / "workflow" / "Snakefile", work, root / "config.yaml", {})
+    return root, work
+
+
+def rescheduled_after_editing(copied, rel: str) -> tuple[set[str], dict[str, int]]:
+    """(arms retrained, job counts) in a dry run after editing fedmic/<rel> in the copy."""
+    root, work = copied
+    src = root / "fedmic" / rel
+    original, st = src.read_bytes(), src.stat()
+    try:
+        src.write_bytes(original + b"\n# edited by a test\n")
+        os.utime(src, (st.st_atime, time.time() + 60))
+        res = subprocess.run([*SNAKEMAKE, "-s", str(root / "workflow/Snakefile"), "--directory", str(work), "-n",
+                              "--cores", "1", "all", "--configfile", str(root / "config.yaml")],
+                             capture_output=True, text=True, check=True)
+    finally:
+        src.write_bytes(original)
+        os.utime(src, (st.st_atime, st.st_mtime))
+    arms = set(re.findall(r"output: \S*/runs/[^/]+/[^/]+/([^/]+)/seed\d+\.json", res.stdout))
+    return arms, job_counts(res.stdout)
+
+
+@pytest.mark.parametrize("edited, retrained", [
+    ("algorithms/fedavg.py", {"fedavg", "fedprox", "ditto", "moon"}),   # FedAvg's subclasses
+    ("algorithms/fedper.py", {"fedper", "fedrep"}),                     # FedRep subclasses FedPer
+    ("algorithms/fedrep.py", {"fedrep"}),
+    ("distill.py", {"fml", "fedkd", "fedmic"}),                         # a shared module they import
+    ("algorithms/base.py", set(EVERY_METHOD)),
+    ("engine.py", set(EVERY_METHOD)),
+    ("methods.py", set()),        # declarative: its defaults reach runs through the fingerprint
+    ("__init__.py", set()),       # the version string
+    ("report/figures.py", set()),
+])
+def test_code_change_retrains_exactly_the_runs_that_use_it(copied_workflow, edited, retrained):
+    arms, counts = rescheduled_after_editing(copied_workflow, edited)
+    assert arms == retrained
+    assert counts.get("train", 0) == len(retrained) and "partition" not in counts
+
+
+def test_workflow_reads_without_torch(tmp_path):
+    """Parsing the Snakefile and planning every run of the demo imports no torch (issue 14)."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch is blocked by the test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n")
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PYTHONPATH=str(blocker))
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "torch is blocked by the test" in probe.stderr  # the blocker works
+    res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "-n",
+                          "--cores", "2", "all", "--configfile", str(REPO / "config/demo.yaml")],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from fedmic import grid
+    assert job_counts(res.stdout)["train"] == len(grid.all_runs(yaml.safe_load((REPO / "config/demo.yaml").read_text())))

@@ -6,28 +6,20 @@ from __future__ import annotations
 import torch
 
 from ..comm import dense_payload
-from .base import clone_state, is_number
+from ..methods import hp_defaults
+from .base import clone_state
 from .fedavg import FedAvg
 
 
 class Ditto(FedAvg):
     name = "ditto"
     personalised = True
-    defaults = {
-        # The paper selects lambda per device from {0.05, 0.1, 0.2} or {0.1, 1, 2} on local
-        # validation data and falls back to 0.1 or 1; we fix 0.1 (override with hp.lam).
-        "lam": 0.1,
-        # s, the personal model's local epochs (Algorithm 1); None: the run's local_epochs.
-        "personal_epochs": None,
-    }
+    # The paper selects lambda per device from {0.05, 0.1, 0.2} or {0.1, 1, 2} on local
+    # validation data and falls back to 0.1 or 1; we fix 0.1. personal_epochs is its s.
+    defaults = hp_defaults(name)  # declared and checked in fedmic/methods.py
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        hp = self.hp
-        self.check_hp("lam", is_number(hp["lam"]) and hp["lam"] >= 0, "a finite number >= 0")
-        pe = hp["personal_epochs"]
-        self.check_hp("personal_epochs", pe is None or (isinstance(pe, int) and not isinstance(pe, bool) and pe >= 1),
-                      "null or an integer >= 1")
         self.start = clone_state(self.worker)  # w^0, the global model every party starts from
         self.personal = ctx.make_model()
 

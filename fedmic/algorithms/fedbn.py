@@ -9,7 +9,6 @@ from .base import Algorithm, clone_state, is_bn_key
 class FedBN(Algorithm):
     name = "fedbn"
     personalised = True
-    defaults: dict = {}  # the paper adds no hyperparameter to FedAvg's
 
     def __init__(self, ctx):
         super().__init__(ctx)

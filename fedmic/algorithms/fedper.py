@@ -9,7 +9,6 @@ from .base import Algorithm, clone_state
 class FedPer(Algorithm):
     name = "fedper"
     personalised = True
-    defaults: dict = {}  # the paper adds no hyperparameter beyond the base/head split
 
     def __init__(self, ctx):
         super().__init__(ctx)

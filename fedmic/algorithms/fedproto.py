@@ -11,8 +11,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..comm import Payload
+from ..methods import hp_defaults
 from ..models import SplitModel
-from .base import Algorithm, clone_state, is_number
+from .base import Algorithm, clone_state
 
 
 class NearestPrototype(nn.Module):
@@ -47,18 +48,10 @@ def local_prototypes(model: SplitModel, x: torch.Tensor, y: torch.Tensor, n_clas
 class FedProto(Algorithm):
     name = "fedproto"
     personalised = True
-    defaults = {
-        "lam": 1.0,                 # paper: 1 on MNIST and FEMNIST (0.1 on CIFAR-10)
-        "inference": "proto",       # "proto": nearest global prototype (paper); "head": the model's head
-        "proto_weighting": "counts",  # server average per class: "counts" (the paper's |D_ij|/N_j) or "uniform"
-    }
+    defaults = hp_defaults(name)  # lam: the paper's 1 on MNIST and FEMNIST (fedmic/methods.py)
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        hp = self.hp
-        self.check_hp("lam", is_number(hp["lam"]) and hp["lam"] >= 0, "a finite number >= 0")
-        self.check_hp("inference", hp["inference"] in ("proto", "head"), "'proto' or 'head'")
-        self.check_hp("proto_weighting", hp["proto_weighting"] in ("counts", "uniform"), "'counts' or 'uniform'")
         # Every client starts from the weights the other methods' global model starts from
         # (as the Local baseline), so lam = 0 is exactly Local.
         self.start = clone_state(self.worker)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..methods import hp_defaults
 from ..models import SplitModel
 from .base import ClientData
 from .fedper import FedPer
@@ -13,18 +14,9 @@ from .fedper import FedPer
 
 class FedRep(FedPer):
     name = "fedrep"
-    defaults = {
-        # The paper runs 10 local epochs on the head per 1 epoch on the representation (its
-        # code's defaults, local_ep=10 and local_rep_ep=1, split the 10 as 9 + 1). The encoder
-        # phase uses the run's local_epochs (default 1).
-        "head_epochs": 10,
-    }
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        h = self.hp["head_epochs"]
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ValueError(f"fedrep: hp 'head_epochs' must be an integer >= 1, got {h!r}")
+    # The paper runs 10 head epochs per representation epoch (its code's defaults, local_ep=10
+    # and local_rep_ep=1, split the 10 as 9 + 1); the encoder phase uses the run's local_epochs.
+    defaults = hp_defaults(name)  # declared and checked in fedmic/methods.py
 
     def train_local(self, data, gen) -> dict:
         m = self.worker

@@ -11,24 +11,17 @@ import torch.nn.functional as F
 
 from ..comm import dense_payload
 from ..distill import decision_kd
-from .base import Algorithm, clone_state, is_number
+from ..methods import hp_defaults
+from .base import Algorithm, clone_state
 
 
 class FML(Algorithm):
     name = "fml"
     personalised = True
-    defaults = {
-        "alpha": 0.5,  # paper: alpha = beta = 0.5 (weight of CE; 1 - alpha weights the KL)
-        "beta": 0.5,
-        "tau": 1.0,    # deep mutual learning compares plain softmax outputs (temperature 1)
-    }
+    defaults = hp_defaults(name)  # the paper's alpha = beta = 0.5 (fedmic/methods.py)
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        for key in ("alpha", "beta"):
-            v = self.hp[key]
-            self.check_hp(key, is_number(v) and 0 <= v <= 1, "a number in [0, 1] (1: no distillation)")
-        self.check_hp("tau", is_number(self.hp["tau"]) and self.hp["tau"] > 0, "a finite number > 0")
         self.meme = self.worker
         self.local = ctx.make_model()
 

@@ -9,7 +9,6 @@ from .base import Algorithm, clone_state
 class Local(Algorithm):
     name = "local"
     personalised = True
-    defaults: dict = {}  # no hyperparameters beyond the shared optimiser and local_epochs
 
     def __init__(self, ctx):
         super().__init__(ctx)

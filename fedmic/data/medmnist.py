@@ -21,6 +21,8 @@ from . import registry
 
 ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
 DEFAULT_ROOT = "~/.medmnist"
+# how to point fedmic at a folder that has the files (command line, workflow, environment)
+ROOT_HINT = f"--root DIR, data_root: DIR in the workflow config, or ${ENV_ROOT}=DIR"
 SIZES = registry.SIZES
 SPLITS = ("train", "val", "test")
 _CHUNK = 1 << 20
@@ -97,6 +99,14 @@ def verify_md5(path: str | os.PathLike, expected: str) -> bool:
     return file_md5(path) == expected.lower()
 
 
+def _refuse_folder(info: DatasetInfo, path: Path) -> None:
+    if path.is_dir():
+        raise DatasetError(
+            f"MedMNIST dataset '{info.flag}': {path} is a folder, where the dataset file belongs. Fix: remove or "
+            f"rename that folder, then run `fedmic download --dataset {info.flag}` or copy the .npz there."
+        )
+
+
 def _check_existing(info: DatasetInfo, path: Path, size: int, url: str) -> None:
     actual = file_md5(path)
     if actual != info.md5(size):
@@ -122,6 +132,7 @@ def ensure_dataset(
     target = folder / info.filename(size)
     source = url or info.url(size)
     expected = info.md5(size)
+    _refuse_folder(info, target)
     if target.exists():
         _check_existing(info, target, size, source)
         return target
@@ -129,7 +140,7 @@ def ensure_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     hint = (
         f"Expected MD5 {expected}. Offline? download {source} elsewhere and copy it to {target} "
-        f"(folder {folder})."
+        f"(folder {folder}), or point fedmic at a folder that has it ({ROOT_HINT})."
     )
     try:
         digest, received = hashlib.md5(), 0
@@ -214,10 +225,11 @@ def load_dataset(
         )
     path = resolve_root(root) / info.filename(size)
     fix = f"Fix: delete {path} and run `fedmic download --dataset {flag}`."
+    _refuse_folder(info, path)
     if not path.exists():
         raise DatasetError(
             f"MedMNIST dataset '{flag}' not found at {path}. Run `fedmic download --dataset {flag}`, "
-            f"or copy {info.url(size)} there by hand (or set ${ENV_ROOT})."
+            f"or copy {info.url(size)} there by hand, or point fedmic at a folder that has it ({ROOT_HINT})."
         )
     if verify:
         _check_existing(info, path, size, info.url(size))

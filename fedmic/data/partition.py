@@ -495,7 +495,8 @@ def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None) ->
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise
+        raise PartitionError(f"partition file {path} not found; make it with `fedmic partition ... --out {path}` "
+                             "(the workflow's partition rule does) or check the path") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PartitionError(f"partition file {path} cannot be read ({e}); {fix}") from e
     try:

@@ -59,7 +59,8 @@ def read_run(path: str | Path) -> dict:
         with open(path, encoding="utf-8") as f:
             run = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read run JSON ({e})") from e
+        raise ValueError(f"{path}: cannot read run JSON ({e}); check the path, or rerun `fedmic train` "
+                         "(the workflow's train rule) to write it") from e
     got = run.get("format") if isinstance(run, dict) else type(run).__name__
     if got not in FORMATS:
         raise ValueError(f"{path}: not a run JSON of this version (format {got!r}, expected one of {FORMATS}); "

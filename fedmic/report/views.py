@@ -14,13 +14,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from fedmic.methods import METHODS
 from fedmic.report.tidy import RUN_KEY, SETTING
 
-PRETTY_METHOD = {
-    "local": "Local", "fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN",
-    "fedper": "FedPer", "fedrep": "FedRep", "ditto": "Ditto", "moon": "MOON", "fml": "FML",
-    "fedkd": "FedKD", "fedproto": "FedProto", "fedmic": "FedMIC",
-}
+PRETTY_METHOD = {name: m.pretty for name, m in METHODS.items()}
 DIM_HEADER = {"dataset": "dataset", "scheme": "scheme", "lam": "λ", "clients": "K", "join_ratio": "join ratio"}
 # readable text for FedMIC's switches; other changes print as key=value
 _HP_OFF = {

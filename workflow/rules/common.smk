@@ -8,7 +8,6 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.sourcecache import LocalSourceFile
-from snakemake.utils import validate
 
 
 def git_describe(folder):
@@ -70,9 +69,30 @@ _python = "python" if _conda else shlex.quote(sys.executable)
 _pythonpath = f"PYTHONSAFEPATH=1 {_pythonpath}"
 FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
 
-from fedmic import grid
+from fedmic import grid, schema
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
+
+
+def fail(message):
+    """Stop reading the workflow with one line: a mistake in the config or the command line
+    (Snakemake's own report of an exception adds the file, the line and a traceback)."""
+    raise SystemExit(f"fedmic workflow: error: {message}")
+
+
+def command_line_targets():
+    """The targets of the `snakemake` command running this workflow ([] when it runs another
+    way, e.g. through the API): Snakemake does not give a Snakefile its targets."""
+    if "snakemake" not in os.path.basename(os.path.dirname(sys.argv[0])) + os.path.basename(sys.argv[0]):
+        return []
+    try:
+        from snakemake.cli import get_argument_parser
+
+        args, _ = get_argument_parser().parse_known_args(sys.argv[1:])
+    except BaseException:  # argparse exits on what it cannot read; Snakemake will say why
+        return []
+    return list(args.targets or [])
+
 
 # GPUs (fedmic/gpus.py): a training job takes one unit of the `gpu` resource. The pool is
 # --resources gpu=N when given (the SLURM profiles give one of their own), else the number of
@@ -89,10 +109,21 @@ else:
     FEDMIC_TRAIN = f"{FEDMIC} train"
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# before the schema: a run JSON read as a config would only show as a pile of unknown keys
+if _problem := grid.misplaced_targets(config, [str(f) for f in workflow.config_settings.configfiles]):
+    fail(_problem)
+CONFIG_SCHEMA = schema.load_schema(workflow.source_path("../schemas/config.schema.yaml"))
+if _problem := schema.config_problem(config, CONFIG_SCHEMA):
+    fail(f"config error: {_problem}")
 
 RESULTS = config["results"]
 LOGS = config.get("logs", "logs")
+if not (config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT")):
+    print(
+        "fedmic workflow: MedMNIST files are read from, and downloaded to, ~/.medmnist: neither data_root "
+        "(config) nor $FEDMIC_MEDMNIST_ROOT is set",
+        file=sys.stderr,
+    )
 DATA_ROOT = os.path.abspath(
     os.path.expanduser(config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT") or "~/.medmnist")
 )
@@ -103,7 +134,10 @@ try:
     # Validates every run's full config now, so a bad value fails before any job starts.
     RUN_CONFIGS = {key: grid.run_config(config, key) for key in RUNS}
 except ConfigError as e:
-    raise ValueError(f"config error: {e}") from None
+    fail(f"config error: {e}")
+
+if _problem := grid.target_problem(config, command_line_targets()):
+    fail(_problem)
 
 
 wildcard_constraints:
@@ -120,10 +154,25 @@ def run_key(wc):
     return grid.RunKey(wc.dataset, float(wc.lam), int(wc.clients), float(wc.jr), wc.arm, int(wc.seed))
 
 
-def run_config_json(wc):
+def run_of(wc):
     key = run_key(wc)
-    cfg = RUN_CONFIGS.get(key) or grid.run_config(config, key)
-    return json.dumps(cfg, sort_keys=True)
+    return RUN_CONFIGS.get(key) or grid.run_config(config, key)
+
+
+def run_fingerprint(wc):
+    """The hash of everything that makes the run what it is, the method's defaults included
+    (fedmic/config.py RunConfig.science): a change of it retrains the run."""
+    return run_of(wc).fingerprint()
+
+
+def train_settings(wc, threads):
+    """The run's settings and execution flags (threads, device, checkpoints, ...). Snakemake
+    retrains a job whose params change, except params derived from its threads, input or
+    output: taking `threads` makes this one such a param, so only the fingerprint decides
+    (changing checkpoint_every, or writing a default out, retrains nothing)."""
+    cfg = run_of(wc)
+    args = ["--config", json.dumps(cfg.without_execution(), sort_keys=True), *cfg.execution_args(threads=threads)]
+    return " ".join(map(shlex.quote, args))
 
 
 def partition_of_run(wc):
@@ -149,7 +198,7 @@ def timings_of(name):
 
 def train_runtime_min(wc):
     """Minutes for SLURM: grows with images trained (rounds x join ratio x epochs) and clients."""
-    cfg = json.loads(run_config_json(wc))
+    cfg = run_of(wc).to_dict()
     sizes = {
         "bloodmnist": 11959,
         "tissuemnist": 165466,

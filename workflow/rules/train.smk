@@ -26,7 +26,8 @@ rule train:
     params:
         train=FEDMIC_TRAIN,
         root=DATA_ROOT,
-        config=run_config_json,
+        fingerprint=run_fingerprint,
+        settings=train_settings,
     shell:
-        "{params.train} --config {params.config:q} --partition {input.partition} --root {params.root}"
-        " --threads {threads} --out {output.run} > {log} 2>&1"
+        "{params.train} {params.settings} --fingerprint {params.fingerprint} --partition {input.partition}"
+        " --root {params.root} --out {output.run} > {log} 2>&1"
