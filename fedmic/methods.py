@@ -192,12 +192,12 @@ _METHODS = (
         flag("aux_matrices", True, "learnable maps between the two representation spaces; "
                                    "false: identity maps (needs equal widths)"),
         *adaptive_weight(),
-        flag("gpd", True, "global parameter decomposition (SVD uploads); false: dense uploads"),
+        flag("gpd", True, "global parameter decomposition (SVD both ways); false: dense weights both ways"),
         _E_START, _E_END,
         integer("fixed_rank", None, "keep this rank in every factorised tensor instead of the energy rule "
                                     "(ablation); null: the energy rule", ge=1, nullable=True),
         choice("decompose", "delta", ("delta", "params"),
-               "what is factorised: the student's change since the broadcast, or its parameters"),
+               "what is factorised, both ways: the student's update (delta) or its weights (params: lossy)"),
         number("teacher_width", 1.0, "width multiplier of the private teacher", gt=0),
         number("student_width", 1.0, "width multiplier of the shared student", gt=0),
     ), rules=(_E_RULE,)),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.optim.sgd import sgd
 
 from ..comm import Payload, dense_payload, unpack_dense
+from ..methods import resolve_hp
 from ..models import SplitModel, build_model
 
 State = dict[str, Any]
@@ -137,8 +138,9 @@ def is_bn_key(model: nn.Module, key: str) -> bool:
 
 
 class Algorithm:
-    """Base class. Subclasses set `name`, `defaults` (their paper's hyperparameters),
-    `personalised` (whether each client is scored with its own model) and override the hooks.
+    """Base class. Subclasses set `name` (their hyperparameters are declared under that name in
+    fedmic/methods.py), `personalised` (whether each client is scored with its own model) and
+    override the hooks.
 
     What each side may use is what a real deployment gives it: the server its own state and the
     uploads; a client its own state, its data, its seed and what the server sent it. Every party
@@ -147,16 +149,11 @@ class Algorithm:
     live on the object between calls: in a deployment each message may run in a fresh process."""
 
     name = "base"
-    defaults: dict[str, Any] = {}
     personalised = False
 
     def __init__(self, ctx: Context):
-        unknown = set(ctx.hp) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for method {self.name!r}; "
-                             f"valid: {sorted(self.defaults) or 'none'}")
         self.ctx = ctx
-        self.hp = {**self.defaults, **ctx.hp}
+        self.hp = resolve_hp(self.name, ctx.hp)
         self.worker = ctx.make_model()
 
     # --- server side -------------------------------------------------------------------
@@ -257,13 +254,3 @@ class Algorithm:
         if total is None:
             raise ValueError("train_joint: the client has no training batch")
         return total / steps
-
-    def check_hp(self, key: str, ok: bool, expected: str) -> None:
-        """Raise a ValueError naming the hyperparameter when `ok` is false."""
-        if not ok:
-            raise ValueError(f"{self.name}: hyperparameter {key!r} must be {expected}, got {self.hp[key]!r}")
-
-
-def is_number(v: Any) -> bool:
-    """A real number given as int or float (bool excluded: True is not a weight)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from ..comm import dense_payload
-from ..methods import hp_defaults
 from .base import clone_state
 from .fedavg import FedAvg
 
@@ -16,7 +15,6 @@ class Ditto(FedAvg):
     personalised = True
     # The paper selects lambda per device from {0.05, 0.1, 0.2} or {0.1, 1, 2} on local
     # validation data and falls back to 0.1 or 1; we fix 0.1. personal_epochs is its s.
-    defaults = hp_defaults(name)  # declared and checked in fedmic/methods.py
 
     def __init__(self, ctx):
         super().__init__(ctx)

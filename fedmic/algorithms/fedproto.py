@@ -11,7 +11,6 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..comm import Payload
-from ..methods import hp_defaults
 from ..models import SplitModel
 from .base import Algorithm, clone_state
 
@@ -48,7 +47,6 @@ def local_prototypes(model: SplitModel, x: torch.Tensor, y: torch.Tensor, n_clas
 class FedProto(Algorithm):
     name = "fedproto"
     personalised = True
-    defaults = hp_defaults(name)  # lam: the paper's 1 on MNIST and FEMNIST (fedmic/methods.py)
 
     def __init__(self, ctx):
         super().__init__(ctx)

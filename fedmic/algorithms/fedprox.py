@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..comm import dense_payload
-from ..methods import hp_defaults
 from .base import clone_state
 from .fedavg import FedAvg
 
 
 class FedProx(FedAvg):
     name = "fedprox"
-    defaults = hp_defaults(name)  # declared and checked in fedmic/methods.py
 
     def local_update(self, cid, state, received, data, rnd, gen):
         self.load_received(self.worker, received)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..methods import hp_defaults
 from ..models import SplitModel
 from .base import ClientData
 from .fedper import FedPer
@@ -16,7 +15,6 @@ class FedRep(FedPer):
     name = "fedrep"
     # The paper runs 10 head epochs per representation epoch (its code's defaults, local_ep=10
     # and local_rep_ep=1, split the 10 as 9 + 1); the encoder phase uses the run's local_epochs.
-    defaults = hp_defaults(name)  # declared and checked in fedmic/methods.py
 
     def train_local(self, data, gen) -> dict:
         m = self.worker

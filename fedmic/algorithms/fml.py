@@ -11,14 +11,12 @@ import torch.nn.functional as F
 
 from ..comm import dense_payload
 from ..distill import decision_kd
-from ..methods import hp_defaults
 from .base import Algorithm, clone_state
 
 
 class FML(Algorithm):
     name = "fml"
     personalised = True
-    defaults = hp_defaults(name)  # the paper's alpha = beta = 0.5 (fedmic/methods.py)
 
     def __init__(self, ctx):
         super().__init__(ctx)

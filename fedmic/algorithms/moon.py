@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..comm import dense_payload
 from ..models import SplitModel
-from .base import clone_state, is_number
+from .base import clone_state
 from .fedavg import FedAvg
 
 
@@ -38,19 +38,9 @@ def model_contrastive_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.
 
 class MOON(FedAvg):
     name = "moon"
-    defaults = {
-        "mu": 1.0,        # paper: 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet
-        "tau": 0.5,       # paper: temperature 0.5 throughout
-        "proj_dim": 256,  # paper: the projection head's output dimension
-    }
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        hp = self.hp
-        self.check_hp("mu", is_number(hp["mu"]) and hp["mu"] >= 0, "a finite number >= 0")
-        self.check_hp("tau", is_number(hp["tau"]) and hp["tau"] > 0, "a finite number > 0")
-        self.check_hp("proj_dim", isinstance(hp["proj_dim"], int) and not isinstance(hp["proj_dim"], bool)
-                      and hp["proj_dim"] >= 1, "an integer >= 1")
         # The encoder and classifier are the ones every method starts from (made first, under the
         # engine's seed); the projection head's weights are drawn after them.
         self.worker = self._projected(self.worker)
