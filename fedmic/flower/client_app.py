@@ -76,24 +76,30 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def answer(msg: Message, context: Context, work) -> Message:
+    """The reply to `msg`: `work(site, task)` returns its content and results; the reply adds how
+    long Flower took to start this process and how long the work took."""
     started, t0 = process_age(), time.perf_counter()
     site, task = open_site(msg, context)
-    reply = site.train_round(task["round"], get_payload(msg.content, "down", site.device), task["committed"])
-    content = RecordDict()
-    if reply.upload is not None:
-        put_payload(content, "up", reply.upload)
-    put_json(content, "result", info=reply.info, problem=reply.problem,
-             seconds={"process_start": started, "work": time.perf_counter() - t0})
+    content, result = work(site, task)
+    put_json(content, "result", **result, seconds={"process_start": started, "work": time.perf_counter() - t0})
     return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    def work(site: Site, task: dict):
+        reply = site.train_round(task["round"], get_payload(msg.content, "down", site.device), task["committed"])
+        content = RecordDict()
+        if reply.upload is not None:
+            put_payload(content, "up", reply.upload)
+        return content, {"info": reply.info, "problem": reply.problem}
+    return answer(msg, context, work)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    started, t0 = process_age(), time.perf_counter()
-    site, task = open_site(msg, context)
-    preds = site.predictions(task["round"], get_payload(msg.content, "shared", site.device), task["committed"])
-    content = RecordDict({"pred": ArrayRecord({s: Array(p) for s, p in preds.items()})})
-    put_json(content, "result", seconds={"process_start": started, "work": time.perf_counter() - t0})
-    return Message(content, reply_to=msg)
+    def work(site: Site, task: dict):
+        preds = site.predictions(task["round"], get_payload(msg.content, "shared", site.device), task["committed"])
+        return RecordDict({"pred": ArrayRecord({s: Array(p) for s, p in preds.items()})}), {}
+    return answer(msg, context, work)
