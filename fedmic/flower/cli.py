@@ -13,7 +13,7 @@ from ..utils import atomic_write_text
 APP_TOML = """\
 # The Flower app of fedmic (written by `fedmic flower app`): one ServerApp and one ClientApp for
 # every method, imported from the installed fedmic package. Run it with
-#   flwr run <this folder> <connection> --stream --run-config 'config="run.yaml" partition="p.json" out="run.json"'
+#   flwr run <this folder> <connection> --stream --run-config 'config="/abs/run.yaml" partition="/abs/p.json" out="/abs/run.json"'
 [build-system]
 requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"

@@ -2,7 +2,8 @@
 (fedmic.engine.Simulation: sampling, drops, the non-finite policy, aggregation, evaluation,
 checkpoints, the run JSON) with its clients behind Flower messages instead of in this process.
 
-Run config keys (`flwr run ... --run-config 'config="run.yaml" ...'`), paths on the coordinator:
+Run config keys (`flwr run ... --run-config 'config="/abs/run.yaml" ...'`), paths on the coordinator
+(absolute, or relative to the SuperLink's working directory, where the ServerApp runs):
     config       fedmic run config: a YAML/JSON file or an inline JSON object (as `fedmic train --config`)
     partition    the partition file; every site holds a copy of it under the same name
     out          the run JSON to write (its checkpoint sits beside it, as in the engine)
