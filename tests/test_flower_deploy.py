@@ -54,7 +54,10 @@ def log_of(out: Path) -> str:
 
 
 def test_the_deployment_runtime_needs_no_ray():
-    assert importlib.util.find_spec("ray") is None
+    """Ray is what Flower's simulation runtime needs; these tests run the deployment runtime in an
+    environment without it."""
+    assert importlib.util.find_spec("ray") is None, "ray is installed here: the tests below cannot show that " \
+        "the deployment runtime runs without it"
 
 
 @pytest.mark.parametrize("method", ["fedavg", "fedmic"])

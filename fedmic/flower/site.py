@@ -74,10 +74,10 @@ class StateStore:
         """The newest snapshot at or before round `through` (0: none, the initial state)."""
         return max((r for r in self.rounds() if r <= through), default=0)
 
-    def load(self, rnd: int) -> dict:
+    def load(self, rnd: int, device: torch.device) -> dict:
         path = self.path(rnd)
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+            ck = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:
             raise SiteError(f"client {self.cid}: state file {path} is unreadable ({e}); restore it from a backup, "
                             "or delete the state folder and restart the run from round 1") from e
@@ -138,7 +138,7 @@ class Site:
                             "rounds (restore the folder, or restart the run)")
         if rnd == 0:
             return init_client_state(self.algo, self.cfg, self.cid)
-        return {k: _to(v, self.device) for k, v in self.store.load(rnd).items()}
+        return self.store.load(rnd, self.device)
 
     def train_round(self, rnd: int, received: Payload, committed: int) -> ClientReply:
         new, reply = client_update(self.algo, self.cfg, self.cid, self.state(rnd - 1, committed), received,
@@ -151,10 +151,3 @@ class Site:
         """The personal model's predictions on the local val and test sets after round `rnd`."""
         return personal_predictions(self.algo, self.cid, self.state(rnd, committed), shared, self.eval_x)
 
-
-def _to(obj, device: torch.device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
