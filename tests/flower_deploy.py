@@ -4,7 +4,6 @@ with its own data folder, state folder, key and FLWR_HOME. Every process is star
 stopped by pid (with the processes it started), and every port is checked free afterwards."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -69,11 +68,11 @@ def alive(pid: int) -> bool:
 
 
 class Deployment:
-    def __init__(self, root: Path, data: Path, partition: Path, nodes: int, auth: bool = True):
+    def __init__(self, root: Path, data: Path, partition: Path, nodes: int):
         from fedmic.flower.cli import write_app
         from fedmic.flower.credentials import make_node_key, make_tls
 
-        self.root, self.data, self.partition, self.auth = root, data, partition, auth
+        self.root, self.data, self.partition = root, data, partition
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.certs = make_tls(root / "certs")
@@ -82,7 +81,6 @@ class Deployment:
         self.link_port, self.proxy_port = free_port(), free_port()
         self.counts = root / "wire.json"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.all_pids: set[int] = set()
         self.node_ports = [free_port() for _ in range(nodes)]
         self.cli_home = root / "home-cli"
         self.cli_home.mkdir()
@@ -101,7 +99,6 @@ class Deployment:
         log = (self.logs / f"{name}.log").open("a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(home), cwd=self.root)
         self.procs[name] = proc
-        self.all_pids.add(proc.pid)
         return proc
 
     def log(self, name: str) -> str:
@@ -118,17 +115,16 @@ class Deployment:
     def start(self) -> "Deployment":
         c = self.certs
         cmd = [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(c["ca"]), "--ssl-certfile", str(c["cert"]),
-               "--ssl-keyfile", str(c["key"]), "--disable-runtime-dependency-installation",
+               "--ssl-keyfile", str(c["key"]), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                "--host", "127.0.0.1", "--port", str(self.link_port)]
-        self.spawn("superlink", cmd + (["--enable-supernode-auth"] if self.auth else []), self.root / "home-link")
+        self.spawn("superlink", cmd, self.root / "home-link")
         self.spawn("proxy", [str(BIN / "fedmic"), "flower", "proxy", "--listen", f"127.0.0.1:{self.proxy_port}",
                              "--target", f"127.0.0.1:{self.link_port}", "--counts", str(self.counts)],
                    self.root / "home-proxy")
         self.wait_port(self.link_port, "superlink")
         self.wait_port(self.proxy_port, "proxy")
-        if self.auth:
-            for _, public in self.keys:
-                self.flwr("supernode", "register", str(public), "test")
+        for _, public in self.keys:
+            self.flwr("supernode", "register", str(public), "test")
         for i in range(len(self.keys)):
             self.start_node(i)
         return self
@@ -182,7 +178,3 @@ class Deployment:
         left = [p for p in pids if alive(p)]
         ports = [p for p in [self.link_port, self.proxy_port, *self.node_ports] if port_open(p)]
         assert not left and not ports, f"left running: pids {left}, ports {ports}"
-
-
-def wire(counts: Path) -> dict:
-    return json.loads(counts.read_text())
