@@ -1,4 +1,4 @@
-"""Command line: `fedmic download | partition | train | collect | table | figure`.
+"""Command line: `fedmic download | partition | train | collect | table | figure | flower`.
 
 Every Snakemake rule is one call of this command; errors a user can fix are printed as one
 clear line (no traceback) with exit status 2. Parsing needs no torch: `fedmic --help` and
@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the resolved workflow configuration (JSON) for the record")
     p.add_argument("--source", help="where the workflow came from (path @ commit, or its git URL)")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("flower", help="deploy on Flower: the Flower app, test credentials, a byte-counting proxy "
+                                      "(docs/deploy.md)")
+    from .flower.cli import add_arguments as add_flower_arguments  # imports no Flower: works without the extra
+    add_flower_arguments(p)
 
     for name, func in (("table", cmd_table), ("figure", cmd_figure)):
         p = sub.add_parser(name, help=f"build one {name} from a results file, run JSONs or partition files")

@@ -10,6 +10,7 @@ import resource
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from . import __version__
 from .algorithms import ClientData, Context, get_algorithm
 from .algorithms.base import Upload
-from .comm import NonFiniteError, all_finite, kept_ranks
+from .comm import NonFiniteError, Payload, all_finite, kept_ranks
 from .config import RunConfig
 from .metrics import floors, personalised_summary, scores
 from .utils import atomic_open, derive_seed, dump_json
@@ -98,25 +99,91 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> np.nda
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def load_partitioned(cfg: RunConfig, partition_path: str | Path, data_root: str | None):
+    """(the dataset, the partition checked against the run config, each split's (images, labels))."""
+    from .data.medmnist import load_dataset
+    from .data.partition import load_partition
+
+    data = load_dataset(cfg.dataset, data_root, size=cfg.image_size)
+    part = load_partition(partition_path, expect={
+        "dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
+        "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)})
+    return data, part, {s: data.split(s) for s in ("train", "val", "test")}
+
+
+def make_context(cfg: RunConfig, data, device: torch.device) -> Context:
+    return Context(model=cfg.model, in_channels=data.n_channels, n_classes=data.n_classes,
+                   image_size=cfg.image_size, device=device, rounds=cfg.rounds,
+                   local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                   momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                   transport_dtype=torch.float16 if cfg.transport == "float16" else torch.float32,
+                   hp=dict(cfg.hp), memory_format=resolve_memory_format(cfg.memory_format, device))
+
+
+def make_algorithm(cfg: RunConfig, ctx: Context):
+    """Every party (server and each client) constructs the algorithm under the same seed, so the
+    constants set in its __init__ (initial weights) agree everywhere."""
+    torch.manual_seed(derive_seed(cfg.seed, "init", "server"))
+    return get_algorithm(cfg.method)(ctx)
+
+
+def init_client_state(algo, cfg: RunConfig, cid: int) -> dict:
+    torch.manual_seed(derive_seed(cfg.seed, "init", cid))
+    return algo.init_client(cid)
+
+
+class ClientReply(NamedTuple):
+    """A client's answer to a round: its upload and training info, or the problem that made it
+    keep its previous state (non-finite weights or loss)."""
+
+    upload: Payload | None
+    info: dict | None
+    problem: str | None = None
+
+
+def client_update(algo, cfg: RunConfig, cid: int, state: dict, received: Payload, data: ClientData, rnd: int,
+                  device: torch.device) -> tuple[dict | None, ClientReply]:
+    """One client's local update for round `rnd`: (its new state, its reply); the state is None
+    when the reply reports a problem. In the engine and at a deployed site alike."""
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
+    # Any use of torch's global RNG by an algorithm is then a function of (seed, round,
+    # client) too, so a resumed run needs no saved generator state.
+    torch.manual_seed(derive_seed(cfg.seed, "torch", rnd, cid))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext()
+    problem = None
+    try:
+        with amp:
+            state, up, info = algo.local_update(cid, state, received, data, rnd, gen)
+    except NonFiniteError as e:  # a codec (SVD) refusing diverged weights: same handling
+        problem = str(e)
+    else:
+        if (name := up.first_nonfinite() or first_nonfinite(state)) is not None:
+            problem = f"tensor {name!r} has non-finite values"
+        if not math.isfinite(info["loss"]):
+            problem = f"{problem}; training loss is {info['loss']}" if problem else f"training loss is {info['loss']}"
+    if problem:
+        return None, ClientReply(None, None, problem)
+    return state, ClientReply(up, info)
+
+
+def personal_predictions(algo, cid: int, state: dict, shared: Payload, x: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Client `cid`'s personal model's predictions on each of its local sets `x` (split -> images)."""
+    model = algo.personal_model(cid, state, shared)
+    return {s: predict(model, xs) for s, xs in x.items()}
+
+
 class Simulation:
     """One run: a config, a partition, a method. `run()` writes the run JSON atomically."""
 
     def __init__(self, cfg: RunConfig, partition_path: str | Path, data_root: str | None = None):
-        from .data.medmnist import load_dataset
-        from .data.partition import load_partition
-
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        data = load_dataset(cfg.dataset, data_root, size=cfg.image_size)
+        data, self.part, split = load_partitioned(cfg, partition_path, data_root)
         self.partition_path = Path(partition_path)
-        self.part = load_partition(partition_path, expect={
-            "dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
-            "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)})
         self.n_classes = data.n_classes
         dev = self.device
-        split = {s: data.split(s) for s in ("train", "val", "test")}
         self.x = {s: split[s][0].to(dev) for s in split}
         self.y = {s: split[s][1].to(dev) for s in split}
         self.idx = {s: [torch.as_tensor(np.asarray(i, dtype=np.int64), device=dev) for i in self.part.indices[s]]
@@ -124,19 +191,10 @@ class Simulation:
         # Each client's training images gathered once: batches are then plain index lookups.
         self.train = [ClientData(self.x["train"][i], self.y["train"][i]) for i in self.idx["train"]]
         self.n_train = [d.n for d in self.train]
-        self.ctx = Context(model=cfg.model, in_channels=data.n_channels, n_classes=data.n_classes,
-                           image_size=cfg.image_size, device=dev, rounds=cfg.rounds,
-                           local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           transport_dtype=torch.float16 if cfg.transport == "float16" else torch.float32,
-                           hp=dict(cfg.hp), memory_format=resolve_memory_format(cfg.memory_format, dev))
-        torch.manual_seed(derive_seed(cfg.seed, "init", "server"))
-        self.algo = get_algorithm(cfg.method)(self.ctx)
+        self.ctx = make_context(cfg, data, dev)
+        self.algo = make_algorithm(cfg, self.ctx)
         self.server = self.algo.init_server()
-        self.clients = []
-        for cid in range(cfg.clients):
-            torch.manual_seed(derive_seed(cfg.seed, "init", cid))
-            self.clients.append(self.algo.init_client(cid))
+        self.clients = self.init_clients()
         self.history: list[dict] = []
         self.timing: list[dict] = []
         self.start_round = 1
@@ -145,6 +203,27 @@ class Simulation:
         self.floors = floors([ylab["train"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["train"]],
                              [ylab["test"][np.asarray(i, dtype=np.int64)] for i in self.part.indices["test"]],
                              self.n_classes)
+
+    # --- the clients, in this process (fedmic/flower/server_app.py: behind Flower messages) ---
+    def init_clients(self) -> list:
+        return [init_client_state(self.algo, self.cfg, cid) for cid in range(self.cfg.clients)]
+
+    def train_clients(self, rnd: int, sampled: list[int], downlink) -> dict[int, ClientReply]:
+        """Each sampled client's reply to round `rnd`; `downlink(cid)` is what it receives. A
+        client absent from the result never replied (a deployment's timed-out site)."""
+        replies = {}
+        for cid in sampled:
+            state, replies[cid] = client_update(self.algo, self.cfg, cid, self.clients[cid], downlink(cid),
+                                                self.train[cid], rnd, self.device)
+            if replies[cid].problem is None:
+                self.clients[cid] = state
+        return replies
+
+    def client_predictions(self, shared) -> list[dict[str, np.ndarray]]:
+        """Every client's predictions on its local val and test sets, from its personal model."""
+        return [personal_predictions(self.algo, cid, self.clients[cid], shared,
+                                     {s: self.x[s][self.idx[s][cid]] for s in ("val", "test")})
+                for cid in range(self.cfg.clients)]
 
     # --- checkpoints -------------------------------------------------------------------
     def checkpoint_path(self, out: Path) -> Path:
@@ -195,15 +274,13 @@ class Simulation:
         if glob is not None:
             res["global"] = {s: scores(self.y[s].cpu().numpy(), glob[s]) for s in ("val", "test")}
         personal = {"val": [], "test": []}
-        shared = algo.eval_broadcast(self.server) if algo.personalised else None
+        preds = self.client_predictions(algo.eval_broadcast(self.server)) if algo.personalised else None
         for cid in range(self.cfg.clients):
-            if algo.personalised:
-                m = algo.personal_model(cid, self.clients[cid], shared)
             for s in ("val", "test"):
                 idx = self.idx[s][cid]
                 y = self.y[s][idx].cpu().numpy()
-                if algo.personalised:
-                    p = predict(m, self.x[s][idx])
+                if preds is not None:
+                    p = preds[cid][s]
                 else:  # every client uses the global model: reuse its predictions
                     p = glob[s][idx.cpu().numpy()]
                 personal[s].append((y, p.reshape(len(y), self.n_classes)))
@@ -214,33 +291,25 @@ class Simulation:
     def local_round(self, rnd: int, sampled: list[int], dropped: set[int]) -> dict:
         cfg, algo = self.cfg, self.algo
         uploads, up_bytes, down_bytes, losses, skipped, ranks = [], {}, {}, [], [], {}
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
-        for cid in sampled:
-            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
-            # Any use of torch's global RNG by an algorithm is then a function of (seed, round,
-            # client) too, so a resumed run needs no saved generator state.
-            torch.manual_seed(derive_seed(cfg.seed, "torch", rnd, cid))
-            problem = None
+
+        def downlink(cid: int):
             down = algo.downlink(self.server, rnd, cid)
             down_bytes[cid] = down.nbytes
-            try:
-                with amp:
-                    state, up, info = algo.local_update(cid, self.clients[cid], down, self.train[cid], rnd, gen)
-            except NonFiniteError as e:  # a codec (SVD) refusing diverged weights: same handling
-                problem = str(e)
-            else:
-                if (name := up.first_nonfinite() or first_nonfinite(state)) is not None:
-                    problem = f"tensor {name!r} has non-finite values"
-                if not math.isfinite(info["loss"]):
-                    problem = f"{problem}; training loss is {info['loss']}" if problem else f"training loss is {info['loss']}"
-            if problem:
+            return down
+
+        replies = self.train_clients(rnd, sampled, downlink)
+        for cid in sampled:
+            reply = replies.get(cid)
+            if reply is None:  # never replied: its upload is lost, as a dropped one
+                continue
+            if reply.problem:
                 if cfg.on_nonfinite == "error":
-                    raise DivergenceError(f"round {rnd}, client {cid}: {problem}. Lower lr, or set "
+                    raise DivergenceError(f"round {rnd}, client {cid}: {reply.problem}. Lower lr, or set "
                                           "on_nonfinite: skip to drop such updates (counted in the run JSON)")
-                log.warning("round %d, client %d: %s; update skipped", rnd, cid, problem)
+                log.warning("round %d, client %d: %s; update skipped", rnd, cid, reply.problem)
                 skipped.append(cid)
                 continue
-            self.clients[cid] = state
+            up, info = reply.upload, reply.info
             up_bytes[cid] = up.nbytes
             losses.append(info["loss"])
             for layer, k in info.get("ranks", {}).items():
@@ -250,13 +319,14 @@ class Simulation:
         if uploads:  # an all-dropped round keeps the previous global model
             torch.manual_seed(derive_seed(cfg.seed, "torch", rnd, "server"))
             self.server = algo.aggregate(self.server, uploads, rnd)
+        lost = [c for c in sampled if c not in replies]
         return {"round": rnd, "sampled": sampled, "dropped": sorted(dropped), "skipped": skipped,
                 "aggregated": len(uploads),
                 "uplink_bytes": [up_bytes.get(c, 0) for c in sampled],
                 "downlink_bytes": [down_bytes[c] for c in sampled],
                 "train_loss": float(np.mean(losses)) if losses else None,
                 "upload_ranks": {k: float(np.mean(v)) for k, v in sorted(ranks.items())},
-                "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd))}
+                "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd)), **({"timed_out": lost} if lost else {})}
 
     def run(self, out: str | Path) -> dict:
         out = Path(out)

@@ -1,0 +1,293 @@
+"""The one Flower ServerApp of every fedmic method: the engine's own round loop
+(fedmic.engine.Simulation: sampling, drops, the non-finite policy, aggregation, evaluation,
+checkpoints, the run JSON) with its clients behind Flower messages instead of in this process.
+
+Run config keys (`flwr run ... --run-config 'config="/abs/run.yaml" ...'`), paths on the coordinator
+(absolute, or relative to the SuperLink's working directory, where the ServerApp runs):
+    config       fedmic run config: a YAML/JSON file or an inline JSON object (as `fedmic train --config`)
+    partition    the partition file; every site holds a copy of it under the same name
+    out          the run JSON to write (its checkpoint sits beside it, as in the engine)
+    data-root    MedMNIST folder of the coordinator (scores the global model on the official test split)
+    timeout      seconds one exchange (a round's training, an evaluation) waits for the sites' replies
+    join-timeout seconds to wait for every site to connect
+    wire-counts  the counts file of the counting proxy in front of the SuperLink (fedmic/flower/proxy.py)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.version import package_version as flwr_version
+
+from ..comm import Payload
+from ..config import RunConfig
+from ..engine import ClientReply, Simulation
+from .records import get_json, get_payload, put_json, put_payload
+from .site import file_sha256, software
+
+log = logging.getLogger("fedmic.flower")
+
+app = ServerApp()
+
+# A message lost to an unreachable or restarted SuperNode, or to a crashed ClientApp process: sent
+# again (a site's round is a function of its seed and its stored state, so a repeat gives the same
+# reply). Any other error is a site that cannot do the work, and stops the run.
+RESEND = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+          ErrorCode.CLIENT_APP_CRASHED}
+
+
+class SiteFailure(RuntimeError):
+    pass
+
+
+@dataclass
+class Options:
+    config: str
+    partition: str
+    out: str
+    data_root: str | None = None
+    timeout: float = 3600.0
+    join_timeout: float = 600.0
+    wire_counts: str | None = None
+    poll: float = 0.2          # seconds between two pulls of replies
+    retry_wait: float = 5.0    # seconds before a lost message is sent again
+
+    @classmethod
+    def from_run_config(cls, rc: dict) -> "Options":
+        """From the Flower run config; an empty string is an unset value (Flower's config has no null)."""
+        keys = {"config", "partition", "out", "data-root", "timeout", "join-timeout", "wire-counts"}
+        unknown = sorted(set(rc) - keys)
+        missing = [k for k in ("config", "partition", "out") if not rc.get(k)]
+        if unknown or missing:
+            raise ValueError(f"Flower run config: unknown keys {unknown}, missing {missing}; set them with "
+                             "flwr run --run-config 'config=\"run.yaml\" partition=\"p.json\" out=\"run.json\"'")
+
+        def text(key):
+            return str(rc[key]) if rc.get(key) else None
+
+        return cls(config=rc["config"], partition=rc["partition"], out=rc["out"], data_root=text("data-root"),
+                   timeout=float(rc.get("timeout", cls.timeout)),
+                   join_timeout=float(rc.get("join-timeout", cls.join_timeout)),
+                   wire_counts=text("wire-counts"))
+
+
+def message_bytes(msg: Message) -> int:
+    """The bytes of a message's objects as Flower serialises them (what a node pulls or pushes)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
+
+
+def wire_counts(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class FlowerRun(Simulation):
+    """A run whose clients are sites reached through a Flower Grid."""
+
+    def __init__(self, cfg: RunConfig, opts: Options, grid: Grid):
+        self.grid, self.opts = grid, opts
+        super().__init__(cfg, opts.partition, opts.data_root)
+        self.task = {"config": cfg.to_dict(), "partition": Path(opts.partition).name,
+                     "partition_sha256": file_sha256(opts.partition)}
+        self.nodes: dict[int, int] = {}       # client id -> Flower node id
+        self.asked: dict[str, int] = {}       # query message id -> the node it asks
+        self.ask_after: dict[int, float] = {}  # node id -> when it may be asked (again) who it is
+        self.transport: list[dict] = []
+        self.sent = 0                     # bytes of the messages and replies of this round
+        self.wire = wire_counts(opts.wire_counts)
+        deadline = time.monotonic() + opts.join_timeout
+        while len(self.nodes) < cfg.clients:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(cfg.clients)) - set(self.nodes))
+                raise SiteFailure(f"after {opts.join_timeout:.0f} s, no SuperNode with partition-id {missing} "
+                                  "has connected; start them (docs/deploy.md) or raise join-timeout")
+            self.discover()
+            time.sleep(opts.poll)
+        log.info("all %d sites connected: %s", cfg.clients, self.nodes)
+
+    def init_clients(self) -> list:
+        # What the server knows of each client, checkpointed with the run and sent in every task:
+        # the last round whose update it received (a site holding an older state has lost rounds),
+        # and the run's name, under which the sites keep their states (a resumed run keeps it, a
+        # new run of the same config starts from fresh states).
+        run = f"{self.cfg.arm}-{self.cfg.fingerprint()}-{uuid.uuid4().hex[:8]}"
+        return [{"committed": 0, "run": run} for _ in range(self.cfg.clients)]
+
+    # --- who is who ---------------------------------------------------------------------
+    def discover(self) -> None:
+        """Ask nodes not asked yet which partition-id they hold; read the answers that arrived."""
+        now = time.monotonic()
+        new = [n for n in self.grid.get_node_ids() if self.ask_after.get(n, 0.0) <= now]
+        if new:
+            msgs = []
+            for n in new:
+                content = RecordDict()
+                put_json(content, "task", **self.task)
+                msgs.append(Message(content, dst_node_id=n, message_type="query"))
+            for n, mid in zip(new, self.grid.push_messages(msgs)):
+                self.ask_after[n] = float("inf") if mid else now + self.opts.retry_wait
+                if mid:
+                    self.asked[mid] = n
+        if not self.asked:
+            return
+        for r in self.grid.pull_messages(list(self.asked)):
+            node = self.asked.pop(r.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            if r.has_error():
+                if r.error.code in RESEND:  # ask again when it may be back
+                    self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+                    continue
+                raise SiteFailure(f"SuperNode {node} cannot join: {r.error.reason}")
+            site = get_json(r.content, "site")
+            for key, want in software().items():
+                if site[key] != want:
+                    raise SiteFailure(f"SuperNode {node} (partition-id {site['cid']}) runs {key} {site[key]}, the "
+                                      f"server {want}: install the same everywhere (results would differ)")
+            if site["partition_sha256"] != self.task["partition_sha256"]:
+                raise SiteFailure(f"SuperNode {node} (partition-id {site['cid']}) has no copy of "
+                                  f"{self.task['partition']} or a different one; copy the coordinator's file "
+                                  "into its data-dir")
+            cid = site["cid"]
+            if not 0 <= cid < self.cfg.clients:
+                raise SiteFailure(f"SuperNode {node} says partition-id {cid}, but the run has clients "
+                                  f"0..{self.cfg.clients - 1}; fix its --node-config")
+            if cid in self.nodes and self.nodes[cid] != node:
+                raise SiteFailure(f"SuperNodes {self.nodes[cid]} and {node} both say partition-id {cid}; "
+                                  "give each site its own partition-id")
+            self.nodes[cid] = node
+
+    # --- one exchange of messages -------------------------------------------------------
+    def exchange(self, kind: str, rnd: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send each client its message and collect the replies. A message lost to an unreachable
+        node is sent again; a client without a reply after `timeout` seconds is left out."""
+        deadline = time.monotonic() + self.opts.timeout
+        due = dict.fromkeys(contents, 0.0)   # client -> when to (re)send its message
+        waiting: dict[str, int] = {}          # message id -> client
+        replies: dict[int, RecordDict] = {}
+        while (due or waiting) and time.monotonic() < deadline:
+            now = time.monotonic()
+            ready = [c for c, t in due.items() if t <= now and c in self.nodes]
+            if any(c not in self.nodes for c in due):
+                self.discover()
+            if ready:
+                msgs = [Message(contents[c], dst_node_id=self.nodes[c], message_type=kind, group_id=str(rnd))
+                        for c in ready]
+                for c, m, mid in zip(ready, msgs, self.grid.push_messages(msgs)):
+                    if mid:
+                        waiting[mid] = c
+                        del due[c]
+                        self.sent += message_bytes(m)
+                    else:
+                        due[c] = now + self.opts.retry_wait
+            for r in self.grid.pull_messages(list(waiting)) if waiting else []:
+                c = waiting.pop(r.metadata.reply_to_message_id, None)
+                if c is None or c in replies:
+                    continue
+                if not r.has_error():
+                    replies[c] = r.content
+                    self.sent += message_bytes(r)
+                elif r.error.code in RESEND:
+                    log.warning("%s round %d, client %d: %s; sending again in %.0f s", kind, rnd, c, r.error.reason,
+                                self.opts.retry_wait)
+                    # it may come back under a new node id (a SuperNode without a registered key)
+                    if (node := self.nodes.pop(c, None)) is not None:
+                        self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+                    due[c] = time.monotonic() + self.opts.retry_wait
+                else:
+                    raise SiteFailure(f"{kind} round {rnd}, client {c} (SuperNode {self.nodes[c]}): {r.error.reason}")
+            time.sleep(self.opts.poll)
+        for c in sorted(set(contents) - set(replies)):
+            log.warning("%s round %d: no reply from client %d within %.0f s", kind, rnd, c, self.opts.timeout)
+        seconds = [get_json(r, "result").get("seconds", {}) for r in replies.values()]
+        if self.transport:
+            self.transport[-1][kind] = {
+                "seconds": time.monotonic() - (deadline - self.opts.timeout),
+                **{f"site_{k}_max": max((s[k] for s in seconds if s.get(k) is not None), default=None)
+                   for k in ("process_start", "work")}}
+        return replies
+
+    def task_content(self, rnd: int, cid: int, name: str, payload: Payload) -> RecordDict:
+        content = RecordDict()
+        put_payload(content, name, payload)
+        put_json(content, "task", **self.task, round=rnd, cid=cid, **self.clients[cid])
+        return content
+
+    # --- the engine's two client hooks ---------------------------------------------------
+    def train_clients(self, rnd: int, sampled: list[int], downlink) -> dict[int, ClientReply]:
+        self.round_start(rnd)
+        got = self.exchange("train", rnd, {c: self.task_content(rnd, c, "down", downlink(c)) for c in sampled})
+        replies = {}
+        for c, content in got.items():
+            result = get_json(content, "result")
+            if result["problem"] is None:
+                self.clients[c]["committed"] = rnd
+                replies[c] = ClientReply(get_payload(content, "up", self.device), result["info"])
+            else:
+                replies[c] = ClientReply(None, None, result["problem"])
+        return replies
+
+    def client_predictions(self, shared: Payload) -> list[dict]:
+        rnd = len(self.history) + 1  # evaluate() runs before the round joins the history
+        got = self.exchange("evaluate", rnd, {c: self.task_content(rnd, c, "shared", shared)
+                                              for c in range(self.cfg.clients)})
+        if missing := sorted(set(range(self.cfg.clients)) - set(got)):
+            raise SiteFailure(f"evaluation of round {rnd}: no predictions from clients {missing}; every site is "
+                              "scored: restart them, and the run resumes from its last checkpoint")
+        return [{s: a.numpy() for s, a in got[c].array_records["pred"].items()} for c in range(self.cfg.clients)]
+
+    # --- what the transport moved ---------------------------------------------------------
+    def round_start(self, rnd: int) -> None:
+        """Close the previous round's transport record and open this one's."""
+        wire = wire_counts(self.opts.wire_counts)
+        if self.transport:
+            last = self.transport[-1]
+            last["message_bytes"] = self.sent
+            if wire and self.wire:
+                last["wire_bytes"] = {k: wire[k] - self.wire[k] for k in ("up", "down")}
+        self.sent, self.wire = 0, wire
+        if rnd:
+            self.transport.append({"round": rnd})
+
+    def result(self) -> dict:
+        self.round_start(0)
+        res = super().result()
+        res["transport"] = {
+            "runtime": "flower-deployment", "flwr": flwr_version, "rounds": self.transport,
+            "wire": "bytes through the counting proxy in front of the SuperLink (up: SuperNodes to SuperLink), "
+                    "TLS and HTTP included" if self.opts.wire_counts else None,
+            "message_bytes": "bytes of the Flower messages and replies (records as serialised), evaluation "
+                             "predictions and settings included"}
+        return res
+
+    def param_counts(self) -> dict:
+        # The server holds no client state: count a fresh one (the shapes are what is counted).
+        bookkeeping, self.clients = self.clients, [self.algo.init_client(0)]
+        try:
+            return super().param_counts()
+        finally:
+            self.clients = bookkeeping
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from ..cli import load_run_config
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("fedmic").addHandler(handler)
+    logging.getLogger("fedmic").setLevel(logging.INFO)
+    opts = Options.from_run_config(dict(context.run_config))
+    FlowerRun(load_run_config(opts.config, []), opts, grid).run(opts.out)

@@ -1,0 +1,172 @@
+"""Every method through fedmic's Flower ServerApp and ClientApp, across process boundaries, gives
+the engine's run bit for bit; lost messages, silent sites, divergence, a resumed server and a
+site that lost its state are handled as the deployment must handle them.
+
+This is the cheaper path of tests/flower_grid.py (sites as worker processes, Flower-serialised
+messages, one fresh process per message, state on the sites' disks). FedAvg and FedMIC also run
+through Flower's real deployment runtime in tests/test_flower_deploy.py."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the flower extra is not installed (pip install -e '.[flower]')")
+
+from flower_grid import K, ProcessGrid, make_partition_file, make_site, run_config, same_run  # noqa: E402
+
+from fedmic.algorithms import ALGORITHMS  # noqa: E402
+from fedmic.engine import DivergenceError, Simulation, dropped_clients, sample_clients  # noqa: E402
+from fedmic.flower.server_app import FlowerRun, Options, SiteFailure  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
+pytestmark = pytest.mark.skipif(not (DATA / "breastmnist.npz").exists(), reason=f"real MedMNIST files not in {DATA}")
+
+
+@pytest.fixture(scope="module")
+def part(tmp_path_factory) -> Path:
+    return make_partition_file(DATA, tmp_path_factory.mktemp("part"))
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, part) -> list[dict]:
+    root = tmp_path_factory.mktemp("sites")
+    return [make_site(root, i, DATA, part) for i in range(K)]
+
+
+@pytest.fixture(scope="module")
+def site_workers(sites, tmp_path_factory):
+    g = ProcessGrid(sites, tmp_path_factory.mktemp("logs"))
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def grid(site_workers, request):
+    """The sites, losing the messages a test names in its `grid` parameter (see ProcessGrid)."""
+    site_workers.faults = set(getattr(request, "param", ()))
+    yield site_workers
+    site_workers.faults = set()
+
+
+def flower(cfg, part, out: Path, grid, **opts) -> FlowerRun:
+    """A run of fedmic's ServerApp logic over `grid` (polling fast: the sites answer in milliseconds)."""
+    run = FlowerRun(cfg, Options(config="", partition=str(part), out=str(out), data_root=str(DATA), poll=0.01,
+                                 retry_wait=0.05, **opts), grid)
+    run.run(out)
+    return run
+
+
+def engine(cfg, part, out: Path) -> Path:
+    Simulation(cfg, part, DATA).run(out)
+    return out
+
+
+@pytest.mark.parametrize("method", sorted(ALGORITHMS))
+def test_every_method_equals_the_engine(method, part, grid, tmp_path):
+    cfg, out = run_config(method), tmp_path / "f.json"
+    run = flower(cfg, part, out, grid)
+    transport = same_run(engine(cfg, part, tmp_path / "engine.json"), out)
+    history = json.loads(out.read_text())["history"]
+    assert [t["round"] for t in transport["rounds"]] == [1, 2]
+    for h, t in zip(history, transport["rounds"]):
+        # the messages carried the payloads, and more (settings, evaluation predictions)
+        assert t["message_bytes"] > sum(h["uplink_bytes"]) + sum(h["downlink_bytes"])
+        assert t["train"]["seconds"] > 0
+    # each client that trained kept its state on its own site's disk
+    trained = {c for h in history for c in h["sampled"]}
+    for c in trained:
+        folder = Path(grid.node_configs[c]["state-dir"]) / run.clients[c]["run"] / f"client{c}"
+        last = max(h["round"] for h in history if c in h["sampled"])
+        assert sorted(p.name for p in folder.iterdir())[-1] == f"round{last:05d}.pt"
+
+
+def lost_client(cfg) -> int:
+    """A client that trains in round 1 and whose upload would be aggregated."""
+    sampled = sample_clients(cfg, 1)
+    return min(set(sampled) - dropped_clients(cfg, 1, sampled))
+
+
+@pytest.mark.parametrize("grid", [{("unavailable", "train", 1, 0), ("unavailable", "train", 1, 2),
+                                   ("unavailable", "evaluate", 2, 1)}], indirect=True)
+def test_messages_lost_to_an_unreachable_node_are_sent_again(part, grid, tmp_path):
+    cfg = run_config("fedmic")
+    flower(cfg, part, tmp_path / "f.json", grid)
+    same_run(engine(cfg, part, tmp_path / "engine.json"), tmp_path / "f.json")
+    assert not grid.faults  # every fault was met (and so every message sent twice)
+
+
+def test_a_site_whose_reply_never_comes_is_timed_out(part, grid, tmp_path):
+    cfg = run_config("fedavg", drop_rate=0.0)
+    c = lost_client(cfg)
+    grid.faults = {("lost", "train", 1, c)}
+    flower(cfg, part, tmp_path / "f.json", grid, timeout=3)
+    h1, h2 = json.loads((tmp_path / "f.json").read_text())["history"]
+    i = h1["sampled"].index(c)
+    assert h1["timed_out"] == [c] and h1["uplink_bytes"][i] == 0 and h1["downlink_bytes"][i] > 0
+    assert h1["aggregated"] == len(h1["sampled"]) - 1 and "timed_out" not in h2
+    ref = json.loads(engine(cfg, part, tmp_path / "engine.json").read_text())["history"][0]
+    assert h1["aggregated"] == ref["aggregated"] - 1  # the engine aggregated the lost upload
+
+
+@pytest.mark.parametrize("grid", [{("lost", "evaluate", 1, 2)}], indirect=True)
+def test_evaluation_needs_every_site(part, grid, tmp_path):
+    with pytest.raises(SiteFailure, match=r"evaluation of round 1: no predictions from clients \[2\]"):
+        flower(run_config("ditto"), part, tmp_path / "f.json", grid, timeout=3)
+    assert not (tmp_path / "f.json").exists()
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_divergence_is_handled_as_in_the_engine(part, grid, tmp_path, policy):
+    cfg = run_config("fedavg", lr=1e6, on_nonfinite=policy)
+    if policy == "skip":
+        flower(cfg, part, tmp_path / "f.json", grid)
+        same_run(engine(cfg, part, tmp_path / "engine.json"), tmp_path / "f.json")
+        assert json.loads((tmp_path / "f.json").read_text())["summary"]["skipped_total"] > 0
+        return
+    with pytest.raises(DivergenceError) as ref:
+        engine(cfg, part, tmp_path / "engine.json")
+    with pytest.raises(DivergenceError) as got:
+        flower(cfg, part, tmp_path / "f.json", grid)
+    assert str(got.value) == str(ref.value)
+
+
+def test_a_resumed_server_continues_with_the_sites_states(part, grid, tmp_path):
+    cfg = run_config("fedmic", keep_checkpoint=True)
+    out = tmp_path / "f.json"
+    flower(cfg, part, out, grid)
+    first = json.loads(out.read_text())
+    again = flower(cfg, part, out, grid)  # resumes from the round-1 checkpoint it kept
+    assert again.start_round == 2
+    resumed = json.loads(out.read_text())
+    # all equal but what this process measured of the transport: round 2 only
+    assert [t["round"] for t in resumed.pop("transport")["rounds"]] == [2]
+    assert first.pop("transport") and resumed == first
+
+    # a site whose state folder is gone cannot continue: the server stops instead of letting it
+    # restart its teacher from scratch
+    run = again.clients[0]["run"]
+    victim = min(first["history"][0]["sampled"])
+    shutil.rmtree(Path(grid.node_configs[victim]["state-dir"]) / run)
+    with pytest.raises(SiteFailure, match=rf"client {victim} sent its update of round 1, but its state folder "
+                                          rf".*{run}/client{victim} now holds no state: it lost rounds"):
+        flower(cfg, part, out, grid)
+
+
+def test_the_core_package_runs_without_flower(tmp_path):
+    """fedmic (engine, CLI, `fedmic flower app`) imports no Flower module: it works without the extra."""
+    code = ("import sys, importlib.abc\n"
+            "class NoFlower(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'flwr': raise ImportError('flwr is not installed')\n"
+            "sys.meta_path.insert(0, NoFlower())\n"
+            "import fedmic.engine, fedmic.cli, fedmic.flower.site\n"
+            f"assert fedmic.cli.main(['flower', 'app', '--out', {str(tmp_path)!r}]) == 0\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr']\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 'serverapp = "fedmic.flower.server_app:app"' in (tmp_path / "pyproject.toml").read_text()
