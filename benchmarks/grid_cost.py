@@ -41,7 +41,7 @@ import yaml
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_cost import synthetic_loader  # noqa: E402
-from fedmic import engine, grid  # noqa: E402
+from fedmic import engine, grid, schema  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data import medmnist  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
@@ -52,7 +52,6 @@ PROBE_CLIENTS = 20
 # the codec) weighs per image about as in the grid, whose clients hold 600-8,300 images
 # (RetinaMNIST's 1,080 images then make 5 clients, PneumoniaMNIST's 4,708 make 20)
 PROBE_MIN_CLIENT_IMAGES = 200
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,10 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_config(path: str) -> dict:
-    from snakemake.utils import validate
+    """The config as the workflow reads it: checked against its schema, refused in one line."""
     with open(path) as f:
         config = yaml.safe_load(f)
-    validate(config, schema=str(SCHEMA))  # fills the schema's defaults, as the workflow does
+    if problem := schema.config_problem(config):
+        raise SystemExit(f"{path}: config error: {problem}")
     return config
 
 
@@ -143,7 +143,13 @@ def makespan(seconds: list[float], slots: int) -> float:
 
 
 def hours(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
 
 
 def main(argv=None) -> int:
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
     config = load_config(args.config)
     threads = int(config.get("threads_per_run", 1))
     torch.set_num_threads(threads)
-    runs = {key: grid.run_config(config, key) for key in grid.all_runs(config)}
+    runs = {key: grid.run_config(config, key).to_dict() for key in grid.all_runs(config)}
     infos = {d: medmnist.dataset_info(d) for d in {k.dataset for k in runs}}
     t_import = import_seconds()
     probes: dict[str, Probe] = {}
@@ -185,11 +191,11 @@ def main(argv=None) -> int:
     print("|---|---|--:|--:|--:|--:|" + "--:|" * len(args.jobs))
     for arm, es in sorted(by_arm.items(), key=lambda kv: -sum(e["seconds"] for e in kv[1])):
         s = [e["seconds"] for e in es]
-        print(f"| {arm} | {es[0]['method']} | {len(es)} | {sum(e['trained_images'] for e in es) / 1e6:.1f} M | "
-              f"{sum(e['evaluated_images'] for e in es) / 1e6:.1f} M | {hours(sum(s))} | "
+        print(f"| {arm} | {es[0]['method']} | {len(es)} | {millions(sum(e['trained_images'] for e in es))} | "
+              f"{millions(sum(e['evaluated_images'] for e in es))} | {hours(sum(s))} | "
               + " | ".join(hours(sum(s) / j) for j in args.jobs) + " |")
-    print(f"| **all** | | {len(estimates)} | {sum(e['trained_images'] for e in estimates) / 1e6:.0f} M | "
-          f"{sum(e['evaluated_images'] for e in estimates) / 1e6:.0f} M | **{hours(sum(total))}** | "
+    print(f"| **all** | | {len(estimates)} | {millions(sum(e['trained_images'] for e in estimates))} | "
+          f"{millions(sum(e['evaluated_images'] for e in estimates))} | **{hours(sum(total))}** | "
           + " | ".join(f"**{hours(makespan(total, j))}**" for j in args.jobs) + " |")
     print("\nPer arm, N jobs = its one-device time / N; the total for N jobs packs the runs longest first onto N "
           "slots (each as fast as the probe: N devices, or N free cores at one thread per run).")
