@@ -36,12 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import fedmic  # noqa: E402,F401  (first: it sets the OpenMP wait policy before torch loads)
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from fedmic import gpd as gpd_module  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
@@ -437,7 +438,7 @@ def report(args, res: dict) -> str:
         f"| 1 | limit: one model, bare loop | {med['limit']:.3f} | {min(t['limit']):.3f} | {n / med['limit']:.0f} | 1.00 | 1.00 | | |",
     ]
     for key, label, what, target in (("fedavg", "fedavg (engine)", "of limit", 0.90),
-                                     ("fedmic", "fedmic (engine, 2 models + SVD)", "of limit/2", 0.85),
+                                     ("fedmic", "fedmic (engine, 2 models + SVD)", "of limit/2", 0.90),
                                      ("naive", "naive fedavg (DataLoader, deepcopy)", "x = fedavg's speed-up", naive_target)):
         r, b = ratio["median"][key], ratio["best"][key]
         tgt = f">= {target:.2f}" if key != "naive" else f">= {target:.0f}x"
@@ -446,12 +447,13 @@ def report(args, res: dict) -> str:
     lines += ["",
               "| # | eval_every 1 | train s | eval s | SVD codec s | eval share | SVD share | eval+SVD share | target | met |",
               "|---|--------------|--------:|-------:|------------:|-----------:|----------:|---------------:|-------:|-----|"]
-    for name, tr, ev, sv in (("fedavg", med["fedavg"], med["eval_fedavg"], 0.0),
-                             ("fedmic", med["fedmic"], med["eval_fedmic"], med["svd"])):
+    # targets (issue 15): FedAvg's evaluation of all clients <= 5 %, FedMIC's evaluation + codec <= 10 %
+    for name, tr, ev, sv, target in (("fedavg", med["fedavg"], med["eval_fedavg"], 0.0, 0.05),
+                                     ("fedmic", med["fedmic"], med["eval_fedmic"], med["svd"], 0.10)):
         rnd = tr + ev
         share = (ev + sv) / rnd
         lines.append(f"| 5 | {name} | {tr:.3f} | {ev:.3f} | {sv:.3f} | {ev / rnd:.1%} | {sv / rnd:.1%} | {share:.1%} | "
-                     f"<= 10% | {ok(share <= 0.10)} |")
+                     f"<= {target:.0%} | {ok(share <= target)} |")
     if res["t_scale"]:
         k = args.scale_clients
         lines += ["", f"| # | scale (same images) | clients x images | median s | ratio to {args.clients} clients | "

@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import fedmic  # noqa: E402,F401  (first: it sets the OpenMP wait policy before torch loads)
+
+import torch
+
 
 from fedmic import comm, gpd  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402

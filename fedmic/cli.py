@@ -9,20 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-# OpenMP threads that spin while they wait for work take the cores from the threads doing it:
-# with other jobs on the machine a 2-thread run trained 20-30x slower than with threads that
-# sleep (docs/performance.md, "Threads"). libgomp reads this once, when torch loads it, so it is
-# set here, before any command imports torch; a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import __version__  # noqa: E402  (after the OpenMP setting)
+from . import __version__
 from .config import ConfigError, RunConfig
 
 

@@ -1,6 +1,7 @@
 """Speed work: the benchmark (benchmarks/bench_sim.py) runs end to end and prints every row
 (tiny settings; no timing is asserted, the machine is shared), and the SVD pre-check that
 made FedMIC rounds faster leaves every payload bit-identical."""
+import json
 import re
 import subprocess
 import sys
@@ -201,3 +202,69 @@ def test_all_finite_matches_elementwise_check(values, finite, dtype):
         t = t.clamp(-6e4, 6e4).to(dtype) if finite else t.to(dtype)
     t = t.repeat(1000) if len(values) else t
     assert all_finite(t) == bool(torch.isfinite(t).all()) == finite
+
+
+def _run(script, *args, timeout=600):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_grid_cost_counts_every_runs_images(tmp_path):
+    """benchmarks/grid_cost.py on config/tiny.yaml: one estimate per run of the grid, the images
+    each trains and evaluates from the grid and the dataset's official sizes, positive times,
+    and the N-job total between the one-device total / N and the one-device total."""
+    if not (SHARED / "pneumoniamnist.npz").exists():
+        pytest.skip(f"real MedMNIST files not found in {SHARED}")
+    from fedmic import grid
+    from fedmic.data.medmnist import dataset_info
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import grid_cost
+
+    est = tmp_path / "est.json"
+    text = _run("grid_cost.py", "--config", str(REPO / "config/tiny.yaml"), "--jobs", "1", "2", "--probe-rounds", "1",
+                "--root", str(SHARED), "--json", str(est))
+    runs = json.loads(est.read_text())
+    config = grid_cost.load_config(str(REPO / "config/tiny.yaml"))
+    keys = grid.all_runs(config)
+    assert len(runs) == len(keys) == 2  # fedavg and fedmic, one seed
+    n = dataset_info("breastmnist").n_samples
+    for e in runs:
+        # 2 rounds x 1 epoch x all 3 clients; evaluated every round on validation + test
+        assert e["trained_images"] == 2 * n["train"] and e["evaluated_images"] == 2 * (n["val"] + n["test"])
+        assert e["seconds"] > 0
+    total = sum(e["seconds"] for e in runs)
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in text.splitlines()
+                              if line.startswith("| "))}
+    assert {"fedavg", "fedmic", "**all**"} <= set(rows)
+    assert grid_cost.makespan([e["seconds"] for e in runs], 2) == max(e["seconds"] for e in runs)
+    # longest first onto the least loaded slot: {5} {1, 1, 1, 1, 1}; {3, 2, 2} {3, 2} (7, the best is 6)
+    assert grid_cost.makespan([1.0, 5.0, 1.0, 1.0, 1.0, 1.0], 2) == 5.0
+    assert grid_cost.makespan([3.0, 3.0, 2.0, 2.0, 2.0], 2) == 7.0
+    assert total / 2 <= grid_cost.makespan([e["seconds"] for e in runs], 2) <= total
+
+
+def test_eval_cost_splits_evaluation_and_compares_metrics():
+    text = _run("eval_cost.py", "--dataset", "breastmnist", "--synthetic", "--clients", "3", "--rounds", "1",
+                "--auc-against", "HEAD")
+    assert "(synthetic images)" in text and "546 training, 78 validation, 156 test images" in text
+    (median,) = [line for line in text.splitlines() if line.startswith("| median")]
+    train_s, eval_s, forward_s = (float(c) for c in median.strip("|").split("|")[1:4])
+    assert train_s > 0 and 0 < forward_s <= eval_s
+    assert "AUC + F1 on 156 x 2" in text
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18"])
+def test_evaluation_batch_size_does_not_change_predictions(model):
+    """engine.predict's batch (64, chosen for speed) gives bit for bit the predictions of larger
+    batches, so the choice changes no reported number."""
+    from fedmic.engine import predict
+    from fedmic.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model(model, 1, 8).to(memory_format=torch.channels_last)
+    x = torch.rand(300 if model == "cnn" else 70, 1, 28, 28) * 2 - 1
+    ref = predict(m, x, batch=len(x))
+    assert (predict(m, x) == ref).all() and (predict(m, x, batch=256) == ref).all()
+

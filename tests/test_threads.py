@@ -1,6 +1,7 @@
 """The thread policy (docs/performance.md, "Threads"): a run uses one torch thread unless told
-otherwise, and the command line makes OpenMP's idle threads sleep instead of spinning, set
-before torch loads its OpenMP runtime, leaving a value the user set alone."""
+otherwise, and importing fedmic (as the command line does first) makes OpenMP's idle threads
+sleep instead of spinning, set before torch loads its OpenMP runtime, leaving a value the user
+set alone."""
 import json
 import os
 import subprocess
@@ -12,24 +13,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared/data/medmnist"
 
-PROBE = ("import os, sys; import fedmic.cli; loaded = 'torch' in sys.modules; import torch; "
+PROBE = ("import os, sys; import {module}; loaded = 'torch' in sys.modules; import torch; "
          "print(loaded, os.environ.get('OMP_WAIT_POLICY'))")
 
 
-def probe(**env_extra) -> str:
+def probe(module: str, **env_extra) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
+                         env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
-def test_cli_sets_passive_wait_policy_before_torch_loads():
-    assert probe() == "False PASSIVE"
+@pytest.mark.parametrize("module", ["fedmic", "fedmic.cli"])
+def test_passive_wait_policy_is_set_before_torch_loads(module):
+    assert probe(module) == "False PASSIVE"
 
 
 def test_a_wait_policy_the_user_set_wins():
-    assert probe(OMP_WAIT_POLICY="ACTIVE") == "False ACTIVE"
+    assert probe("fedmic.cli", OMP_WAIT_POLICY="ACTIVE") == "False ACTIVE"
 
 
 def test_train_command_runs_one_thread_by_default(tmp_path):
