@@ -124,6 +124,24 @@ def test_rerun_is_a_no_op(tiny_run):
     assert "Nothing to be done" in out or job_counts(out) == {}
 
 
+def test_a_fresh_copy_of_the_data_retrains_nothing(tiny_run, tmp_path):
+    """A dataset file copied again (newer mtime, same verified bytes) must not make Snakemake's
+    mtime trigger repartition and retrain (seen: a re-provisioned data folder rescheduled a
+    whole comparison). Only the mtime trigger is on, as the root's path is a parameter."""
+    root = tmp_path / "medmnist"
+    root.mkdir()
+    copy = root / "breastmnist.npz"
+    shutil.copyfile(SHARED / "breastmnist.npz", copy)
+    os.utime(copy, (time.time() + 60, time.time() + 60))
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(root), CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(tiny_run),
+                          "--configfile", str(REPO / "config/tiny.yaml"), "-n", "--cores", "2", "all",
+                          "--rerun-triggers", "mtime"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    assert "partition" not in counts and "train" not in counts, out.stdout[-3000:]
+
+
 def dry_run_after_editing(src: Path, workdir) -> dict[str, int]:
     """Edit a source file (Snakemake compares checksums, so touching is not enough), dry-run,
     then restore the file byte for byte and its modification time."""

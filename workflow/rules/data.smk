@@ -16,9 +16,11 @@ rule download:
         "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root} --quiet > {log} 2>&1"
 
 
+# ancient(): a dataset copied or downloaded again gets a new mtime but the same bytes (every
+# load checks the registry's MD5), so it must not repartition and retrain the whole grid.
 rule partition:
     input:
-        npz=lambda wc: dataset_file(wc.dataset),
+        npz=lambda wc: ancient(dataset_file(wc.dataset)),
     output:
         f"{RESULTS}/partitions/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.json",
     log:
