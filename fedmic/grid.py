@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,23 @@ def run_config(config: dict, key: RunKey) -> RunConfig:
     except ConfigError as e:
         raise ConfigError(f"{arm_origin(config, key.arm)}, run {key.dataset} lam={fmt(key.lam)} K={key.clients} "
                           f"join_ratio={fmt(key.join_ratio)} seed={key.seed}: {e}") from None
+
+
+def identical_arms(config: dict, run_configs: dict[RunKey, RunConfig]) -> str | None:
+    """Two arms whose runs are the same once the defaults are filled in (e.g. an ablation arm
+    that sets a hyperparameter to its default) would train the same runs twice and show a
+    difference that is only noise; name them before any job runs."""
+    seen: dict[tuple, str] = {}
+    for key, rc in sorted(run_configs.items()):
+        science = {k: v for k, v in rc.science().items() if k != "arm"}
+        what = (key.dataset, key.lam, key.clients, key.join_ratio, key.seed, json.dumps(science, sort_keys=True))
+        other = seen.setdefault(what, key.arm)
+        if other != key.arm:
+            given = {a: all_arms(config)[a]["hp"] for a in (other, key.arm)}
+            return (f"{arm_origin(config, other)} and {arm_origin(config, key.arm)} are the same runs once the "
+                    f"method's defaults are filled in (hp {given[other]} and {given[key.arm]}); change a setting of "
+                    f"{key.arm!r} or remove it")
+    return None
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -221,6 +221,10 @@ CASES = [
          ("tables.t5.arms.bad, run breastmnist lam=0.5 K=3 join_ratio=1 seed=0: fedmic: energy_start (0.99) > "
           "energy_end (0.95)",),
          setup=tiny(**{"tables.t5": {"arms": {"bad": {"hp": {"energy_start": 0.99, "energy_end": 0.95}}}}})),
+    Case("ablation arm identical to its base", snake(), 1,
+         ("methods.fedmic and tables.t5.arms.fedmic-delta are the same runs",
+          "change a setting of 'fedmic-delta' or remove it"),
+         setup=tiny(**{"tables.t5": {"arms": {"fedmic-delta": {"hp": {"decompose": "delta"}}}}})),
     Case("fedprox mu -1 in the config (issue)", snake(), 1, ("methods.prox.hp.mu must be >= 0, got -1",),
          setup=tiny(**{"methods.prox": {"method": "fedprox", "hp": {"mu": -1}}})),
     Case("unknown hyperparameter in the config", snake(), 1,

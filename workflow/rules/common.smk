@@ -135,6 +135,8 @@ try:
     RUN_CONFIGS = {key: grid.run_config(config, key) for key in RUNS}
 except ConfigError as e:
     fail(f"config error: {e}")
+if _problem := grid.identical_arms(config, RUN_CONFIGS):
+    fail(f"config error: {_problem}")
 
 if _problem := grid.target_problem(config, command_line_targets()):
     fail(_problem)
