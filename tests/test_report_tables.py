@@ -162,6 +162,22 @@ def test_t2_paired_test_says_not_significant_for_noise(tmp_path):
     assert text.startswith("n.s., p=") and text.endswith("n=9")
 
 
+def test_t2_paired_test_direction_when_most_clients_tie(tmp_path):
+    """Under strong skew most clients hold one class and every method scores 1.0 there: the
+    median difference is 0, yet the test's direction is that of the clients that differ."""
+    from scipy.stats import wilcoxon
+
+    paths, gain, prox = [], [0.0] * 6 + [0.05, 0.06, 0.04, 0.07], [1.0] * 6 + [0.8] * 4
+    for s in range(3):
+        mic = [a + g for a, g in zip(prox, gain)]
+        paths.append(write_run(tmp_path, f"avg{s}", seed=s, acc=0.6, client_acc=[0.6] * 10))
+        paths.append(write_run(tmp_path, f"prox{s}", method="fedprox", seed=s, acc=sum(prox) / 10, client_acc=prox))
+        paths.append(write_run(tmp_path, f"mic{s}", method="fedmic", seed=s, acc=sum(mic) / 10, client_acc=mic))
+    t = tables.t2_table(tidy.collect(paths))
+    p = wilcoxon([g + a for g, a in zip(gain * 3, prox * 3)], prox * 3, zero_method="wilcox").pvalue
+    assert p < 0.05 and row(t, method="FedMIC")["FedMIC vs best baseline"] == f"higher, p={p:.2g}, n=30"
+
+
 def test_t2_fedavg_bn_sits_beside_fedbn_in_config_order(tmp_path):
     paths = [write_run(tmp_path, a, method=m, arm=a, model=model) for a, m, model in
              (("fedavg", "fedavg", "cnn"), ("fedbn", "fedbn", "cnn_bn"), ("fedavg-bn", "fedavg", "cnn_bn"),

@@ -136,7 +136,7 @@ def _auc_clients(here: pd.DataFrame) -> str:
 def paired_test(tidy: pd.DataFrame, setting: pd.DataFrame, arm_a: str, arm_b: str) -> dict:
     """Wilcoxon signed-rank test (two-sided) of arm_a vs arm_b on the personalised test ACC of
     each (seed, client) both report (clients pair up: the same seed shares the partition)."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
     keys = setting.loc[setting["arm"].isin([arm_a, arm_b]), v.RUN_KEY]
     pc = v.per_client(tidy).merge(keys, on=v.RUN_KEY)
@@ -144,8 +144,12 @@ def paired_test(tidy: pd.DataFrame, setting: pd.DataFrame, arm_a: str, arm_b: st
     if arm_a not in pairs or arm_b not in pairs:
         return {"n": 0, "p": math.nan, "diff": math.nan}
     d = (pairs[arm_a] - pairs[arm_b]).to_numpy()
-    out = {"n": int(len(d)), "diff": float(np.median(d)) if len(d) else math.nan, "p": math.nan}
-    if np.any(d != 0):
+    # The direction the test saw: positive minus negative signed ranks of the non-zero
+    # differences (a median would say 0 where most clients tie, as single-class ones do).
+    nz = d[d != 0]
+    ranks = rankdata(np.abs(nz))
+    out = {"n": int(len(d)), "diff": float(ranks[nz > 0].sum() - ranks[nz < 0].sum()), "p": math.nan}
+    if nz.size:
         out["p"] = float(wilcoxon(pairs[arm_a], pairs[arm_b], zero_method="wilcox").pvalue)
     elif len(d):
         out["p"] = 1.0  # every pair equal: no evidence of a difference
