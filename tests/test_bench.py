@@ -267,4 +267,3 @@ def test_evaluation_batch_size_does_not_change_predictions(model):
     x = torch.rand(300 if model == "cnn" else 70, 1, 28, 28) * 2 - 1
     ref = predict(m, x, batch=len(x))
     assert (predict(m, x) == ref).all() and (predict(m, x, batch=256) == ref).all()
-
