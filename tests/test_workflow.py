@@ -22,9 +22,9 @@ PAPER_ARMS = 13  # config/config.yaml: the 12 methods and FedAvg on FedBN's mode
 pytestmark = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
 
-def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus=""):
+def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=SHARED):
     """gpus: CUDA_VISIBLE_DEVICES, the GPUs the workflow finds ("": a CPU machine)."""
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), CUDA_VISIBLE_DEVICES=gpus)
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(root), CUDA_VISIBLE_DEVICES=gpus)
     cmd = [*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
            "--configfile", str(REPO / config), *args]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -133,13 +133,9 @@ def test_a_fresh_copy_of_the_data_retrains_nothing(tiny_run, tmp_path):
     copy = root / "breastmnist.npz"
     shutil.copyfile(SHARED / "breastmnist.npz", copy)
     os.utime(copy, (time.time() + 60, time.time() + 60))
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(root), CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(tiny_run),
-                          "--configfile", str(REPO / "config/tiny.yaml"), "-n", "--cores", "2", "all",
-                          "--rerun-triggers", "mtime"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    counts = job_counts(out.stdout)
-    assert "partition" not in counts and "train" not in counts, out.stdout[-3000:]
+    out = snakemake(tiny_run, "-n", "--cores", "2", "all", "--rerun-triggers", "mtime", root=root).stdout
+    counts = job_counts(out)
+    assert "partition" not in counts and "train" not in counts, out[-3000:]
 
 
 def dry_run_after_editing(src: Path, workdir) -> dict[str, int]:

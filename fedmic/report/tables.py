@@ -142,13 +142,13 @@ def paired_test(tidy: pd.DataFrame, setting: pd.DataFrame, arm_a: str, arm_b: st
     pc = v.per_client(tidy).merge(keys, on=v.RUN_KEY)
     pairs = pc.pivot_table(index=["seed", "client"], columns="arm", values="value").dropna()
     if arm_a not in pairs or arm_b not in pairs:
-        return {"n": 0, "p": math.nan, "diff": math.nan}
+        return {"n": 0, "p": math.nan, "direction": math.nan}
     d = (pairs[arm_a] - pairs[arm_b]).to_numpy()
     # The direction the test saw: positive minus negative signed ranks of the non-zero
     # differences (a median would say 0 where most clients tie, as single-class ones do).
     nz = d[d != 0]
     ranks = rankdata(np.abs(nz))
-    out = {"n": int(len(d)), "diff": float(ranks[nz > 0].sum() - ranks[nz < 0].sum()), "p": math.nan}
+    out = {"n": int(len(d)), "direction": float(ranks[nz > 0].sum() - ranks[nz < 0].sum()), "p": math.nan}
     if nz.size:
         out["p"] = float(wilcoxon(pairs[arm_a], pairs[arm_b], zero_method="wilcox").pvalue)
     elif len(d):
@@ -162,7 +162,7 @@ def _test_text(res: dict) -> str:
     if not math.isfinite(res["p"]) or res["p"] >= ALPHA:
         verdict = "n.s."
     else:
-        verdict = "higher" if res["diff"] > 0 else "lower"
+        verdict = "higher" if res["direction"] > 0 else "lower"
     p = "1" if res["p"] == 1.0 else f"{res['p']:.2g}"
     return f"{verdict}, p={p}, n={res['n']}"
 
