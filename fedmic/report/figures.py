@@ -124,10 +124,16 @@ def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
 # --------------------------------------------------------------------------- learning curves
 
 
-def learning_curves_figure(tidy: pd.DataFrame):
-    """Personalised test ACC vs round, one line per arm, one panel per setting."""
+def _round_axis(ax, ylabel: str) -> None:
+    """Rounds on the x axis, ticked at whole rounds only (a 3-round run must not show 1.5)."""
     from matplotlib.ticker import MaxNLocator
 
+    ax.set(xlabel=ROUND_LABEL, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def learning_curves_figure(tidy: pd.DataFrame):
+    """Personalised test ACC vs round, one line per arm, one panel per setting."""
     style = styles(tidy)
     fig, axes, panels_ = _arm_panels(tidy, v.per_round(tidy, "personal", "acc"))
     for ax, title, tidy_here, arms in panels_:
@@ -140,8 +146,7 @@ def learning_curves_figure(tidy: pd.DataFrame):
                                 color=style[arm]["color"], alpha=0.15, lw=0)
         _floor_line(ax, tidy_here)
         ax.set_title(title, fontsize=10)
-        ax.set(xlabel=ROUND_LABEL, ylabel=ACC_LABEL)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _round_axis(ax, ACC_LABEL)
         ax.grid(True, lw=0.3, alpha=0.5)
     _finish(fig, axes, "Learning curves: personalised test ACC (mean over seeds, band ± 1 std)")
     return fig
@@ -224,7 +229,7 @@ def svd_ranks_figure(tidy: pd.DataFrame):
                             label=layer.removesuffix(".weight") + suffix)
         label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
         ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)
-        ax.set(xlabel=ROUND_LABEL, ylabel=RANK_LABEL)
+        _round_axis(ax, RANK_LABEL)
         ax.grid(True, lw=0.3, alpha=0.5)
     _finish(fig, axes, "Kept rank per layer (solid: client uploads, mean; dashed: server broadcast)")
     return fig
