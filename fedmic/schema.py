@@ -3,6 +3,7 @@ first problem said in one line that names the key and what is valid there (jsons
 messages span several lines and never list the valid keys)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -67,3 +68,42 @@ def config_problem(config, schema: dict | None = None) -> str | None:
     text = _say(error)
     note = error.schema.get("description") if isinstance(error.schema, dict) and error.schema is not schema else None
     return f"{text} [{' '.join(note.split())}]" if note else text
+
+
+def replace_sections(config: dict, files: list[tuple[str, dict]], overrides: dict,
+                     schema: dict | None = None) -> str | None:
+    """Apply the `replace` key of config files to `config`, Snakemake's merge of config/config.yaml,
+    the --configfile `files` ((name, content), in order) and the --config `overrides`, in place.
+
+    Snakemake merges nested mappings key by key, so a file listing its own arms would keep
+    every arm of the defaults too. A file's `replace: [methods, tables]` makes those sections
+    its own: each is rebuilt from the last file that replaces it, updated by the files after
+    it and by --config, as Snakemake would have merged them. What came before that file needs
+    no reading back, so this works on a module's config too. `replace` itself is dropped, so
+    the resolved config is the one the files mean. None, or the problem in one line."""
+    from snakemake.utils import update_config
+
+    schema = load_schema() if schema is None else schema
+    allowed = schema["properties"]["replace"]["items"]["enum"]
+    last: dict[str, int] = {}
+    contents = [content for _, content in files]
+    for i, (name, content) in enumerate(files):
+        sections = content.get("replace", [])
+        if not (isinstance(sections, list) and all(s in allowed for s in sections)):
+            return f"{name}: replace: {sections!r} is not valid; write a list of sections among: {', '.join(allowed)}"
+        last.update((s, i) for s in sections)
+    missing = object()
+    for section, i in last.items():
+        merged = {"v": copy.deepcopy(contents[i][section]) if section in contents[i] else missing}
+        for later in [*contents[i + 1:], overrides]:
+            if section in later:
+                if isinstance(merged["v"], dict):
+                    update_config(merged, {"v": copy.deepcopy(later[section])})
+                else:
+                    merged["v"] = copy.deepcopy(later[section])
+        if merged["v"] is missing:
+            config.pop(section, None)
+        else:
+            config[section] = merged["v"]
+    config.pop("replace", None)
+    return None

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 
+from snakemake.common.configfile import load_configfile
 from snakemake.exceptions import WorkflowError
 from snakemake.sourcecache import LocalSourceFile
 
@@ -110,9 +111,17 @@ else:
 
 
 # before the schema: a run JSON read as a config would only show as a pile of unknown keys
-if _problem := grid.misplaced_targets(config, [str(f) for f in workflow.config_settings.configfiles]):
+_configfiles = [str(f) for f in workflow.config_settings.configfiles]
+if _problem := grid.misplaced_targets(config, _configfiles):
     fail(_problem)
 CONFIG_SCHEMA = schema.load_schema(workflow.source_path("../schemas/config.schema.yaml"))
+if _problem := schema.replace_sections(
+    config,
+    [(f, load_configfile(f)) for f in _configfiles],
+    dict(workflow.config_settings.config),
+    CONFIG_SCHEMA,
+):
+    fail(f"config error: {_problem}")
 if _problem := schema.config_problem(config, CONFIG_SCHEMA):
     fail(f"config error: {_problem}")
 
