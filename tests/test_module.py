@@ -70,7 +70,8 @@ def test_module_from_a_git_url_runs_the_test_config_to_the_end(tmp_path):
     (deploy / "fedmic").mkdir()
     (deploy / "fedmic" / "__init__.py").write_text("raise ImportError('imported fedmic from the user folder')\n")
     env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED))
-    env.pop("PYTHONPATH", None)
+    # "installed beside Snakemake": this working tree's package, the one under test
+    env["PYTHONPATH"] = str(REPO)
     res = subprocess.run([str(SNAKEMAKE), "--cores", "2"], cwd=deploy, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     results = deploy / yaml.safe_load(config_text)["results"]
@@ -86,6 +87,8 @@ def test_module_from_a_git_url_runs_the_test_config_to_the_end(tmp_path):
 
 
 def test_module_with_a_different_installed_version_stops_before_any_job(tmp_path):
+    import fedmic
+
     source, deploy = tmp_path / "fedmic", tmp_path / "analysis"
     commit_working_tree(source)
     init = source / "fedmic" / "__init__.py"
@@ -96,6 +99,8 @@ def test_module_with_a_different_installed_version_stops_before_any_job(tmp_path
     (deploy / "workflow" / "Snakefile").write_text(DEPLOYED_SNAKEFILE.format(repo=source))
     shutil.copy(REPO / ".test" / "config" / "config.yaml", deploy / "config" / "config.yaml")
     res = subprocess.run([str(SNAKEMAKE), "-n", "--cores", "1"], cwd=deploy, capture_output=True, text=True,
-                         env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED)))
+                         env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PYTHONPATH=str(REPO)))
     assert res.returncode != 0
-    assert "pip install fedmic==9." in res.stdout + res.stderr
+    # the fedmic of that repository and ref, never a PyPI version
+    assert f"installed package is fedmic {fedmic.__version__}" in res.stdout + res.stderr
+    assert f"pip install 'fedmic @ git+file://{source}@main'" in res.stdout + res.stderr

@@ -29,13 +29,6 @@ def test_version_has_one_source():
     assert first == fedmic.__version__
 
 
-def test_rule_environment_installs_fedmic_at_the_workflow_version():
-    env = yaml.safe_load((REPO / "workflow/envs/fedmic.yaml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert f"fedmic=={fedmic.__version__}" in pip
-    assert env["channels"][0] == "conda-forge"
-
-
 def test_environment_yml_pins_what_ci_tests():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     assert env["channels"][:2] == ["conda-forge", "bioconda"]  # bioconda: snakemake and its SLURM plugin

@@ -8,7 +8,8 @@ import sys
 
 from snakemake.common.configfile import load_configfile
 from snakemake.exceptions import WorkflowError
-from snakemake.sourcecache import LocalSourceFile
+from snakemake.settings.types import DeploymentMethod
+from snakemake.sourcecache import HostingProviderFile, LocalGitFile, LocalSourceFile
 
 
 def git_describe(folder):
@@ -27,28 +28,46 @@ def git_describe(folder):
     return f"{folder} @ {commit.strip()}{' (uncommitted changes)' if dirty.strip() else ''}"
 
 
-def require_installed_fedmic(version):
+def fedmic_requirement(source):
+    """The pip requirement of the fedmic package this workflow's files came with: the same
+    checkout, or the same git repository at the same tag, commit or branch. None for a
+    source that names no repository (a plain URL of the Snakefile)."""
+    if isinstance(source, LocalSourceFile):
+        return f"fedmic @ file://{CHECKOUT}"
+    if isinstance(source, LocalGitFile):
+        return f"fedmic @ git+file://{os.path.abspath(source.repo_path)}@{source.ref}"
+    if isinstance(source, HostingProviderFile):
+        return f"fedmic @ git+https://{source.host}/{source.repo}.git@{source.ref}"
+    return None
+
+
+def require_installed_fedmic(version, requirement):
+    install = (
+        f"pip install {shlex.quote(requirement)}"
+        if requirement
+        else f"install fedmic {version} from the repository and tag this workflow came from"
+    )
     try:
         import fedmic
     except ImportError:
         raise WorkflowError(
-            f"this workflow is a module from a git URL, so its jobs need the fedmic package "
-            f"installed beside Snakemake: pip install fedmic=={version} (or run with --sdm conda)"
+            f"this workflow is a module from a git URL, so Snakemake needs the fedmic package it came "
+            f"with installed beside it: {install}"
         ) from None
     if fedmic.__version__ != version:
         raise WorkflowError(
             f"the workflow is fedmic {version} but the installed package is fedmic "
-            f"{fedmic.__version__} ({os.path.dirname(fedmic.__file__)}): pip install fedmic=={version}"
+            f"{fedmic.__version__} ({os.path.dirname(fedmic.__file__)}): {install}"
         )
 
 
 # Where jobs get the fedmic package. From a checkout (the Snakefile run in place, or a module
 # given by a local path), jobs import that checkout's package: the code this workflow came
 # with. As a module from a git URL (`snakefile: github(...)` or "git+file://...@ref") only
-# workflow files are fetched, so the package comes installed beside Snakemake (`pip install
-# fedmic==<version>`) or, under --sdm conda, from workflow/envs/fedmic.yaml; either way at
-# exactly this workflow's version. workflow.basedir is the *user's* folder in a module:
-# current_basedir is this file's.
+# workflow files are fetched, so the package comes installed beside Snakemake from the same
+# repository and ref (FEDMIC_REQUIREMENT; the workflow reads it too) and, under --sdm conda,
+# into the rules' environment (FEDMIC_ENV). workflow.basedir is the *user's* folder in a
+# module: current_basedir is this file's.
 _rules_dir = workflow.current_basedir
 WORKFLOW_VERSION = re.search(
     r'__version__ = "([^"]+)"',
@@ -62,13 +81,52 @@ if isinstance(_rules_dir, LocalSourceFile):
 else:
     CHECKOUT, _pythonpath = None, ""
     WORKFLOW_SOURCE = _rules_dir.get_path_or_uri(secret_free=True)
-    require_installed_fedmic(WORKFLOW_VERSION)
-_conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
+FEDMIC_REQUIREMENT = fedmic_requirement(_rules_dir)
+if CHECKOUT is None:
+    require_installed_fedmic(WORKFLOW_VERSION, FEDMIC_REQUIREMENT)
+# (the set holds DeploymentMethod members, whose str() is "DeploymentMethod.CONDA")
+_conda = DeploymentMethod.CONDA in getattr(workflow.deployment_settings, "deployment_method", ())
 _python = "python" if _conda else shlex.quote(sys.executable)
 # PYTHONSAFEPATH (Python >= 3.11): `python -m` leaves the job's working directory off the path,
 # so a `fedmic/` folder there can never stand in for the package
 _pythonpath = f"PYTHONSAFEPATH=1 {_pythonpath}"
 FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
+
+
+def rendered_environment(template, requirement, path):
+    """workflow/envs/fedmic.yaml with the fedmic package added to its pip list, written to
+    `path` (rewritten only when it changes): conda cannot take the package's source from the
+    workflow, and Snakemake does not template environment files."""
+    import yaml
+
+    if requirement is None:
+        raise WorkflowError(
+            f"--sdm conda: {WORKFLOW_SOURCE} names no git repository to install fedmic from in the rules' "
+            "environment; use the module as github(...) or git+https://...@tag"
+        )
+    env = yaml.safe_load(template)
+    next(d for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)["pip"].append(requirement)
+    # the same text for the same source and version: a new commit of a checkout keeps its
+    # environment (its jobs import the checkout), a new version gets a new one
+    header = f"# workflow/envs/fedmic.yaml with fedmic {WORKFLOW_VERSION} from the workflow's source\n"
+    text = header + yaml.safe_dump(env, sort_keys=False)
+    if not (os.path.exists(path) and open(path).read() == text):
+        from fedmic.utils import atomic_write_text
+
+        atomic_write_text(path, text)
+    return path
+
+
+# Every rule's conda environment: under --sdm conda the rendered one, in the working directory
+# (.snakemake/, beside Snakemake's own state); otherwise the template, never read.
+if _conda:
+    FEDMIC_ENV = rendered_environment(
+        open(workflow.source_path("../envs/fedmic.yaml")).read(),
+        FEDMIC_REQUIREMENT,
+        os.path.abspath(os.path.join(".snakemake", "fedmic", "fedmic-env.yaml")),
+    )
+else:
+    FEDMIC_ENV = "../envs/fedmic.yaml"
 
 from fedmic import grid, schema
 from fedmic.config import ConfigError

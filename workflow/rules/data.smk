@@ -8,7 +8,7 @@ rule download:
         f"{LOGS}/download/{{dataset}}.log",
     localrule: True
     conda:
-        "../envs/fedmic.yaml"
+        FEDMIC_ENV
     params:
         fedmic=FEDMIC,
         root=lambda wc, output: os.path.dirname(output[0]),
@@ -27,7 +27,7 @@ rule partition:
         f"{LOGS}/partition/{{dataset}}/{{scheme}}_lam{{lam}}_K{{clients}}_seed{{seed}}.log",
     localrule: True
     conda:
-        "../envs/fedmic.yaml"
+        FEDMIC_ENV
     params:
         fedmic=FEDMIC,
         root=DATA_ROOT,

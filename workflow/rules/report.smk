@@ -22,7 +22,7 @@ rule collect_all:
         f"{LOGS}/collect/all.log",
     localrule: True
     conda:
-        "../envs/fedmic.yaml"
+        FEDMIC_ENV
     params:
         fedmic=FEDMIC,
         config=lambda wc: json.dumps(config, sort_keys=True, default=str),
@@ -45,7 +45,7 @@ rule collect:
         runs=r"[a-z0-9_]+",
     localrule: True
     conda:
-        "../envs/fedmic.yaml"
+        FEDMIC_ENV
     params:
         fedmic=FEDMIC,
     shell:
@@ -74,7 +74,7 @@ for _name in grid.TABLES:
             f"{LOGS}/tables/{_name}.log",
         localrule: True
         conda:
-            "../envs/fedmic.yaml"
+            FEDMIC_ENV
         params:
             fedmic=FEDMIC,
             root=DATA_ROOT,
@@ -111,7 +111,7 @@ for _name in grid.FIGURES:
             f"{LOGS}/figures/{_name}.log",
         localrule: True
         conda:
-            "../envs/fedmic.yaml"
+            FEDMIC_ENV
         params:
             fedmic=FEDMIC,
             root=DATA_ROOT,

@@ -17,7 +17,7 @@ rule train:
     benchmark:
         f"{LOGS}/benchmarks/train/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.tsv"
     conda:
-        "../envs/fedmic.yaml"
+        FEDMIC_ENV
     threads: config.get("threads_per_run", 1)
     resources:
         gpu=1,
