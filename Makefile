@@ -1,9 +1,14 @@
 # Quick start: `make demo` (the pipeline on config/demo.yaml) and `make test`.
-# Both create .venv on first use. TORCH selects the PyTorch build (a CUDA machine can use
-# TORCH=torch); MEDMNIST_ROOT is where the .npz files are read or downloaded to.
+# Both create .venv on first use. TORCH is the PyTorch requirement; TORCH_INDEX the index it
+# alone comes from: empty (the default) is pip's own configuration, where Linux torch is the
+# CUDA build (several GB with its nvidia-* libraries); TORCH_INDEX=$(TORCH_CPU_INDEX) takes
+# the CPU-only build (README, "Install"). MEDMNIST_ROOT is where the .npz files are read or
+# downloaded to.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 CORES ?= 2
 SHARED_DATA := $(wildcard ../shared/data/medmnist)
 MEDMNIST_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(HOME)/.medmnist)
@@ -16,7 +21,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	# flower: Flower's deployment runtime, for tests/test_flower_*.py and docs/deploy.md (Python >= 3.11)
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm,flower]"
 	# Reference for tests/test_data.py only: the carried MedMNIST registry is checked against

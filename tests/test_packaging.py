@@ -89,3 +89,14 @@ def test_build_makes_an_sdist_and_a_wheel_whose_install_runs_the_cli(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(venv)
     commands = subprocess.run([str(venv / "bin" / "fedmic"), "--help"], **run).stdout
     assert all(c in commands for c in ("download", "partition", "train", "collect", "table", "figure"))
+
+
+def test_make_takes_torch_from_the_index_it_is_given(tmp_path):
+    def torch_line(*args):
+        plan = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}", *args], cwd=REPO,
+                              check=True, capture_output=True, text=True).stdout
+        return next(line for line in plan.splitlines() if "pip install -q \"torch" in line)
+
+    assert "--index-url" not in torch_line()  # pip's own configuration
+    cpu = torch_line("TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    assert cpu.endswith('" --index-url "https://download.pytorch.org/whl/cpu"')
