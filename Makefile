@@ -1,13 +1,13 @@
 # Quick start: `make demo` (the pipeline on config/demo.yaml) and `make test`.
 # Both create .venv on first use. TORCH selects the PyTorch build (a CUDA machine can use
-# TORCH=torch); MEDMNIST_ROOT is where the .npz files are read or downloaded to.
+# TORCH=torch); MEDMNIST_ROOT is where the .npz files are read or downloaded to, by default
+# fedmic's rule (fedmic/dataroot.py: $FEDMIC_MEDMNIST_ROOT, ../shared/data/medmnist, ~/.medmnist).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 CORES ?= 2
-SHARED_DATA := $(wildcard ../shared/data/medmnist)
-MEDMNIST_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(HOME)/.medmnist)
-export FEDMIC_MEDMNIST_ROOT := $(MEDMNIST_ROOT)
+MEDMNIST_ROOT ?= $(shell python3 -m fedmic.dataroot)
+export FEDMIC_MEDMNIST_ROOT := $(abspath $(MEDMNIST_ROOT))
 
 .PHONY: demo test compare paper report install clean-demo
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The demo's runs are small 1-thread jobs: one per core.
 demo: install
-	@echo "MedMNIST root: $(MEDMNIST_ROOT)"
+	@echo "MedMNIST root: $(FEDMIC_MEDMNIST_ROOT)"
 	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/demo.yaml
 
 # Every method on the three local datasets, 3 seeds, 30 rounds of all clients (docs/results.md).

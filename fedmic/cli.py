@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"fedmic {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; errors with their traceback")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    root_help = "MedMNIST folder (default: $FEDMIC_MEDMNIST_ROOT, else ~/.medmnist)"
+    root_help = ("MedMNIST folder (default: $FEDMIC_MEDMNIST_ROOT, else ../shared/data/medmnist beside the "
+                 "checkout when it exists, else ~/.medmnist)")
 
     p = sub.add_parser("download", help="fetch and verify MedMNIST files")
     p.add_argument("--dataset", nargs="+", required=True)

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import mark_outputs_done
+from conftest import DATA, mark_outputs_done
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PAPER_ARMS = 13  # config/config.yaml: the 12 methods and FedAvg on FedBN's model
 
-pytestmark = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
-
-def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=SHARED):
+def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=DATA):
     """gpus: CUDA_VISIBLE_DEVICES, the GPUs the workflow finds ("": a CPU machine)."""
     env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(root), CUDA_VISIBLE_DEVICES=gpus)
     cmd = [*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
@@ -131,7 +128,7 @@ def test_a_fresh_copy_of_the_data_retrains_nothing(tiny_run, tmp_path):
     root = tmp_path / "medmnist"
     root.mkdir()
     copy = root / "breastmnist.npz"
-    shutil.copyfile(SHARED / "breastmnist.npz", copy)
+    shutil.copyfile(DATA / "breastmnist.npz", copy)
     os.utime(copy, (time.time() + 60, time.time() + 60))
     out = snakemake(tiny_run, "-n", "--cores", "2", "all", "--rerun-triggers", "mtime", root=root).stdout
     counts = job_counts(out)
@@ -268,7 +265,7 @@ def copied_workflow(tmp_path_factory):
     for d in ("fedmic", "workflow"):
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "data").mkdir()
-    shutil.copy(SHARED / "breastmnist.npz", root / "data")  # --touch must not touch the shared file
+    shutil.copy(DATA / "breastmnist.npz", root / "data")  # --touch must not touch the shared file
     cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     cfg.update(data_root=str(root / "data"), methods={m: {"method": m, **extra} for m, extra in EVERY_METHOD.items()})
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -324,7 +321,7 @@ def test_workflow_reads_without_torch(tmp_path):
         "        if name.split('.')[0] == 'torch':\n"
         "            raise ImportError('torch is blocked by the test')\n"
         "sys.meta_path.insert(0, NoTorch())\n")
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PYTHONPATH=str(blocker))
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA), PYTHONPATH=str(blocker))
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert "torch is blocked by the test" in probe.stderr  # the blocker works
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "-n",

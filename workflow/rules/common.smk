@@ -69,7 +69,7 @@ _python = "python" if _conda else shlex.quote(sys.executable)
 _pythonpath = f"PYTHONSAFEPATH=1 {_pythonpath}"
 FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
 
-from fedmic import grid, schema
+from fedmic import dataroot, grid, schema
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -118,15 +118,19 @@ if _problem := schema.config_problem(config, CONFIG_SCHEMA):
 
 RESULTS = config["results"]
 LOGS = config.get("logs", "logs")
-if not (config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT")):
-    print(
-        "fedmic workflow: MedMNIST files are read from, and downloaded to, ~/.medmnist: neither data_root "
-        "(config) nor $FEDMIC_MEDMNIST_ROOT is set",
-        file=sys.stderr,
-    )
-DATA_ROOT = os.path.abspath(
-    os.path.expanduser(config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT") or "~/.medmnist")
-)
+# fedmic.dataroot's rule, the command line's: $FEDMIC_MEDMNIST_ROOT, ../shared/data/medmnist
+# beside the checkout, ~/.medmnist
+if config.get("data_root"):
+    DATA_ROOT = os.path.abspath(os.path.expanduser(config["data_root"]))
+else:
+    _root = dataroot.default_root(CHECKOUT)
+    DATA_ROOT = os.path.abspath(_root)
+    if not os.getenv(dataroot.ENV_ROOT):
+        print(
+            f"fedmic workflow: MedMNIST files are read from, and downloaded to, {dataroot.shown(_root)}: "
+            f"neither data_root (config) nor ${dataroot.ENV_ROOT} is set",
+            file=sys.stderr,
+        )
 
 try:
     RUNS = grid.all_runs(config)
