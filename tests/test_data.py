@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -186,6 +187,25 @@ def test_makefile_asks_fedmic(monkeypatch, tmp_path):
     assert exported() == str(default_root(REPO).absolute())
     assert exported(**{ENV_ROOT: str(tmp_path / "env")}) == str(tmp_path / "env")
     assert exported(f"MEDMNIST_ROOT={tmp_path / 'mk'}", **{ENV_ROOT: str(tmp_path / "env")}) == str(tmp_path / "mk")
+
+
+@pytest.mark.parametrize("present", [None, "cut"], ids=["offline, no files", "a cut file"])
+def test_suite_stops_with_one_line(tmp_path, present):
+    """No usable data: the suite stops before any test, with one line naming the variable."""
+    root = tmp_path / "root"
+    if present:
+        root.mkdir()
+        (root / "breastmnist.npz").write_bytes((DATA / "breastmnist.npz").read_bytes()[:1000])
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    # offline: every download goes to a closed port
+    env.update({ENV_ROOT: str(root), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_packaging.py"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == pytest.ExitCode.USAGE_ERROR and len(lines) == 1, res.stdout + res.stderr
+    assert f"Set {ENV_ROOT} to a folder that has them" in lines[0] and str(root) in lines[0]
+    assert ("could not be downloaded" if present is None else "has MD5") in lines[0]
+    assert "passed" not in lines[0] and "skipped" not in lines[0]
 
 
 def test_env_root_used_by_ensure_and_load(monkeypatch, shared):
