@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	# flower: Flower's deployment runtime, for tests/test_flower_*.py and docs/deploy.md (Python >= 3.11)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm,flower]"
+	# flower: Flower's deployment runtime, for tests/test_flower_*.py and docs/deploy.md (Python >= 3.11);
+	# tensorboard: for the per-round scalars and tests/test_watch.py
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm,flower,tensorboard]"
 	# Reference for tests/test_data.py only: the carried MedMNIST registry is checked against
 	# medmnist's. --no-deps and last: its hard torchvision requirement would pull a second,
 	# multi-GB torch build, and fedmic itself never imports medmnist.

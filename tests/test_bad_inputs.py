@@ -79,12 +79,23 @@ def tiny(**change):
     return setup
 
 
+# the blocker first, then the checkout under test (the console script's own fedmic may be another's)
+NO_TENSORBOARD_ENV = {"PYTHONPATH": f"blocker{os.pathsep}{REPO}"}
+
+
+def no_tensorboard(w):
+    """A `tensorboard` package that cannot be imported, in the case's folder (NO_TENSORBOARD_ENV)."""
+    (w.dir / "blocker" / "tensorboard").mkdir(parents=True)
+    (w.dir / "blocker" / "tensorboard" / "__init__.py").write_text("raise ImportError('no tensorboard here')\n")
+
+
 def snake(*targets, dry=False):
     return ["snakemake", "--cores", "1", *(["-n"] if dry else []), *(targets or ["all"]), "--configfile", "{cfg}"]
 
 
 NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this row is for a machine without CUDA")
 ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
+TENSORBOARD_FIX = "pip install 'fedmic[tensorboard]'"
 ROOT_FIX = "--root DIR, data_root: DIR in the workflow config, or $FEDMIC_MEDMNIST_ROOT=DIR"
 # the folder when none is named (the home folder is the case's own): ../shared/data/medmnist beside
 # this checkout when it exists, else ~/.medmnist
@@ -165,6 +176,9 @@ CASES = [
     Case("truncated .npz", train(), 2, ("has MD5", "(truncated, corrupt or another release). Fix: delete"),
          setup=lambda w: ((w.dir / "root").mkdir(), (w.dir / "root" / f"{FLAG}.npz").write_bytes(
              (DATA / f"{FLAG}.npz").read_bytes()[:50_000]), setattr(w, "data", w.dir / "root"))),
+    Case("--tensorboard without tensorboard", train("--tensorboard", "tb"), 2,
+         ("--tensorboard needs the tensorboard package", TENSORBOARD_FIX), setup=no_tensorboard,
+         env=NO_TENSORBOARD_ENV),
     Case("download offline", ["download", "--dataset", FLAG, "--root", "dl", "--url", "{closed_url}", "--quiet"], 2,
          (f"could not download MedMNIST dataset '{FLAG}'", "Offline? download", ROOT_FIX)),
     Case("unknown dataset", ["partition", "--dataset", "foomnist", "--root", "{data}", "--lam", "0.5", "--clients",
@@ -207,6 +221,8 @@ CASES = [
          ("tables.t6.base: there is no arm 'fedmic' under methods (defined: fedavg)",
           "add one or set tables.t6.base", "tables.t6.enabled: false"),
          setup=tiny(**{"methods.fedmic": None, "tables.t6": {"values": {"tau": [1]}}})),
+    Case("tensorboard: true without tensorboard", snake(dry=True), 1, ("tensorboard: true, but", TENSORBOARD_FIX),
+         setup=lambda w: (tiny(tensorboard=True)(w), no_tensorboard(w)), env=NO_TENSORBOARD_ENV),
     Case("t6.base misspelt (issue)", snake(), 1, ("tables.t6.base: there is no arm 'fedmci' under methods",),
          setup=tiny(**{"tables.t6": {"base": "fedmci", "values": {"tau": [1]}}})),
     Case("t5.base misspelt", snake(), 1, ("tables.t5.base: there is no arm 'fedmc' under methods",),

@@ -229,6 +229,35 @@ def test_more_threads_retrain_nothing(tiny_run, tmp_path):
     assert set(counts) <= PROVENANCE_ONLY
 
 
+def with_tensorboard(tmp_path) -> str:
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    (tmp_path / "tensorboard.yaml").write_text(yaml.safe_dump({**cfg, "tensorboard": True}))
+    return str(tmp_path / "tensorboard.yaml")
+
+
+def test_tensorboard_on_retrains_nothing(tiny_run, tmp_path):
+    counts = job_counts(snakemake(tiny_run, "-n", "--cores", "2", "all", config=with_tensorboard(tmp_path)).stdout)
+    assert set(counts) <= PROVENANCE_ONLY
+
+
+def test_tensorboard_run_folder_log_lines_and_same_run_json(tiny_run, tmp_path):
+    """tensorboard: true: the run's scalars in a folder named by its grid coordinates, its log
+    a line per round (tiny.yaml, like every shipped config, has progress: true), and its run
+    JSON byte for byte the one trained without."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    coords = "breastmnist/lam0.5_K3_jr1/fedavg/seed0"
+    wd = tmp_path / "wd"
+    snakemake(wd, "--cores", "1", f"results-tiny/runs/{coords}.json", config=with_tensorboard(tmp_path))
+    assert (wd / f"results-tiny/runs/{coords}.json").read_bytes() == (tiny_run / f"results-tiny/runs/{coords}.json").read_bytes()
+    events = EventAccumulator(str(wd / "logs-tiny" / "tensorboard" / coords))
+    events.Reload()
+    assert [e.step for e in events.Scalars("acc/personal_test")] == [1, 2]
+    for folder in (wd, tiny_run):
+        log = (folder / f"logs-tiny/train/{coords}.log").read_text()
+        assert re.findall(r"fedmic\.engine: round (\d)/2: ", log) == ["1", "2"], log
+
+
 @pytest.mark.parametrize("change, retrained", [
     ({"lr": 0.01}, 2), ({"rounds": 3}, 2),
     ({"methods": {"fedavg": {"method": "fedavg"}, "fedmic": {"method": "fedmic", "hp": {"tau": 3}}}}, 1),

@@ -69,7 +69,7 @@ _python = "python" if _conda else shlex.quote(sys.executable)
 _pythonpath = f"PYTHONSAFEPATH=1 {_pythonpath}"
 FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
 
-from fedmic import dataroot, grid, schema
+from fedmic import dataroot, grid, schema, watch
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -131,6 +131,9 @@ else:
             f"neither data_root (config) nor ${dataroot.ENV_ROOT} is set",
             file=sys.stderr,
         )
+# under --sdm conda the jobs' environment is not this one: their `fedmic train` checks
+if config.get("tensorboard") and not _conda and (_problem := watch.tensorboard_missing()):
+    fail(f"config error: tensorboard: true, but {_problem}")
 
 try:
     RUNS = grid.all_runs(config)
@@ -175,9 +178,11 @@ def train_settings(wc, threads):
     """The run's settings and execution flags (threads, device, checkpoints, ...). Snakemake
     retrains a job whose params change, except params derived from its threads, input or
     output: taking `threads` makes this one such a param, so only the fingerprint decides
-    (changing checkpoint_every, or writing a default out, retrains nothing)."""
+    (changing checkpoint_every, switching tensorboard on, or writing a default out, retrains nothing)."""
     cfg = run_of(wc)
     args = ["--config", json.dumps(cfg.without_execution(), sort_keys=True), *cfg.execution_args(threads=threads)]
+    if config.get("tensorboard"):
+        args += ["--tensorboard", grid.tensorboard_dir(LOGS, run_key(wc))]
     return " ".join(map(shlex.quote, args))
 
 
