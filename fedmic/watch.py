@@ -17,9 +17,9 @@ WHO = ("personal", "global")
 
 
 def round_scalars(rec: dict, seconds: float) -> dict[str, float]:
-    """A round's values by TensorBoard tag: its wall time, its bytes (all sampled clients,
-    1 MB = 10^6 bytes as in the tables), the mean training loss and, on evaluated rounds, the
-    test ACC of the personalised models and of the global model (when the method has one)."""
+    """A round's values by TensorBoard tag: its wall time (training and evaluation), the bytes
+    its sampled clients sent and received, their mean training loss and, on evaluated rounds,
+    the test ACC of the personalised models and of the global model (when the method has one)."""
     out = {"time/round_s": seconds, "bytes/uplink": sum(rec["uplink_bytes"]),
            "bytes/downlink": sum(rec["downlink_bytes"])}
     if rec["train_loss"] is not None:
@@ -70,7 +70,8 @@ class RoundWatch:
             self.acc = {who: rec["eval"][who]["test"]["acc"] for who in WHO if who in rec["eval"]}
 
     def line(self, rec: dict, seconds: float) -> str:
-        """round 3/30: 4.2 s, test ACC personal 0.8123 global 0.7710 (round 2), MB up 0.075 down 0.151"""
+        """round 3/30: 4.2 s, test ACC personal 0.8123 global 0.7710 (round 2), MB up 0.075 down 0.151
+        (the latest evaluation's ACC and, when older, its round; MB = 10^6 bytes, as in the tables)."""
         rnd = rec["round"]
         acc = " ".join(f"{who} {_acc(self.acc[who]) if who in self.acc else '-'}" for who in WHO)
         when = f" (round {self.evaluated})" if self.evaluated not in (None, rnd) else ""
