@@ -3,16 +3,16 @@
 # alone comes from: empty (the default) is pip's own configuration, where Linux torch is the
 # CUDA build (several GB with its nvidia-* libraries); TORCH_INDEX=$(TORCH_CPU_INDEX) takes
 # the CPU-only build (README, "Install"). MEDMNIST_ROOT is where the .npz files are read or
-# downloaded to.
+# downloaded to, by default fedmic's rule (fedmic/dataroot.py: $FEDMIC_MEDMNIST_ROOT,
+# ../shared/data/medmnist, ~/.medmnist).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 CORES ?= 2
-SHARED_DATA := $(wildcard ../shared/data/medmnist)
-MEDMNIST_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(HOME)/.medmnist)
-export FEDMIC_MEDMNIST_ROOT := $(MEDMNIST_ROOT)
+MEDMNIST_ROOT ?= $(shell python3 -m fedmic.dataroot)
+export FEDMIC_MEDMNIST_ROOT := $(abspath $(MEDMNIST_ROOT))
 
 .PHONY: demo test compare paper report install clean-demo
 
@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
-	# flower: Flower's deployment runtime, for tests/test_flower_*.py and docs/deploy.md (Python >= 3.11)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm,flower]"
+	# flower: Flower's deployment runtime, for tests/test_flower_*.py and docs/deploy.md (Python >= 3.11);
+	# tensorboard: for the per-round scalars and tests/test_watch.py
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,slurm,flower,tensorboard]"
 	# Reference for tests/test_data.py only: the carried MedMNIST registry is checked against
 	# medmnist's. --no-deps and last: its hard torchvision requirement would pull a second,
 	# multi-GB torch build, and fedmic itself never imports medmnist.
@@ -32,7 +33,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The demo's runs are small 1-thread jobs: one per core.
 demo: install
-	@echo "MedMNIST root: $(MEDMNIST_ROOT)"
+	@echo "MedMNIST root: $(FEDMIC_MEDMNIST_ROOT)"
 	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/demo.yaml
 
 # Every method on the three local datasets, 3 seeds, 30 rounds of all clients (docs/results.md).

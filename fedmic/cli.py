@@ -112,7 +112,11 @@ def cmd_train(a):
     check_device(cfg.device)
     out = Path(a.out)
     check_writable(out, timing_path(out), out.with_name(out.name + ".ckpt"))
-    res = Simulation(cfg, a.partition, a.root).run(a.out)
+    if a.tensorboard is not None:
+        from .watch import summary_writer_class
+        summary_writer_class()
+        check_writable(Path(a.tensorboard) / "events")
+    res = Simulation(cfg, a.partition, a.root).run(a.out, tensorboard=a.tensorboard)
     s = res["summary"]
     logging.info("%s: personalised acc %.4f auc %.4f; uplink %.0f B/round", a.out,
                  s.get("personal", {}).get("acc", float("nan")), s.get("personal", {}).get("auc", float("nan")),
@@ -148,7 +152,7 @@ EXECUTION_HELP = {
     "memory_format": "auto, channels_last or contiguous",
     "checkpoint_every": "rounds between checkpoints (0: none)",
     "keep_checkpoint": "keep the checkpoint after the run ends",
-    "progress": "progress bar",
+    "progress": "a log line per round: seconds, test ACC, MB sent",
     "amp": "mixed precision (bfloat16) on CUDA",
 }
 
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"fedmic {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; errors with their traceback")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    root_help = "MedMNIST folder (default: $FEDMIC_MEDMNIST_ROOT, else ~/.medmnist)"
+    root_help = ("MedMNIST folder (default: $FEDMIC_MEDMNIST_ROOT, else ../shared/data/medmnist beside the "
+                 "checkout when it exists, else ~/.medmnist)")
 
     p = sub.add_parser("download", help="fetch and verify MedMNIST files")
     p.add_argument("--dataset", nargs="+", required=True)
@@ -187,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run JSON to write")
     p.add_argument("--root", help=root_help)
     p.add_argument("--fingerprint", help="refuse to run unless the config's fingerprint is this (the workflow's check)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write each round's scalars (seconds, ACC, bytes, loss) "
+                   "as TensorBoard events in DIR; needs pip install 'fedmic[tensorboard]'")
     kinds = {f.name: f.type for f in fields(RunConfig)}
     for name in RunConfig.EXECUTION_FIELDS:
         flag = "--" + name.replace("_", "-")

@@ -68,7 +68,7 @@ class RunConfig:
     memory_format: str = "auto"
     threads: int = 1                   # torch.set_num_threads (0: torch's default, one per core);
     # 1: the most images per CPU-second, and jobs fill the cores (docs/performance.md, "Threads")
-    progress: bool = True
+    progress: bool = True              # a log line per round (fedmic/watch.py)
 
     EXECUTION_FIELDS = ("device", "amp", "memory_format", "threads", "progress", "checkpoint_every", "keep_checkpoint")
 

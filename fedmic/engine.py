@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import __version__
 from .algorithms import ClientData, Context, get_algorithm
@@ -23,6 +22,7 @@ from .comm import NonFiniteError, Payload, all_finite, kept_ranks
 from .config import RunConfig
 from .metrics import floors, personalised_summary, scores
 from .utils import atomic_open, derive_seed, dump_json
+from .watch import RoundWatch
 
 log = logging.getLogger("fedmic.engine")
 
@@ -329,25 +329,29 @@ class Simulation:
                 "upload_ranks": {k: float(np.mean(v)) for k, v in sorted(ranks.items())},
                 "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd)), **({"timed_out": lost} if lost else {})}
 
-    def run(self, out: str | Path) -> dict:
+    def run(self, out: str | Path, tensorboard: str | Path | None = None) -> dict:
+        """Train the remaining rounds and write the run JSON. `tensorboard`: a folder for the
+        per-round scalars (fedmic/watch.py); it changes nothing the run writes."""
         out = Path(out)
         cfg = self.cfg
         self.try_resume(out)
-        bar = tqdm(range(self.start_round, cfg.rounds + 1), desc=f"{cfg.arm} {cfg.dataset} lam={cfg.lam} seed={cfg.seed}",
-                   initial=self.start_round - 1, total=cfg.rounds, disable=not cfg.progress, leave=False)
-        for rnd in bar:
-            t0 = time.perf_counter()
-            sampled = sample_clients(cfg, rnd)
-            rec = self.local_round(rnd, sampled, dropped_clients(cfg, rnd, sampled))
-            t1 = time.perf_counter()
-            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                rec["eval"] = self.evaluate()
-                bar.set_postfix(acc=f"{rec['eval']['personal']['test']['acc']:.3f}")
-            t2 = time.perf_counter()
-            self.history.append(rec)
-            self.timing.append({"round": rnd, "train_s": t1 - t0, "eval_s": t2 - t1})
-            if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 and rnd < cfg.rounds:
-                self.save_checkpoint(out, rnd)
+        watch = RoundWatch(cfg, self.history, self.start_round, tensorboard)
+        try:
+            for rnd in range(self.start_round, cfg.rounds + 1):
+                t0 = time.perf_counter()
+                sampled = sample_clients(cfg, rnd)
+                rec = self.local_round(rnd, sampled, dropped_clients(cfg, rnd, sampled))
+                t1 = time.perf_counter()
+                if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+                    rec["eval"] = self.evaluate()
+                t2 = time.perf_counter()
+                self.history.append(rec)
+                self.timing.append({"round": rnd, "train_s": t1 - t0, "eval_s": t2 - t1})
+                watch.round_done(rec, t2 - t0)
+                if cfg.checkpoint_every and rnd % cfg.checkpoint_every == 0 and rnd < cfg.rounds:
+                    self.save_checkpoint(out, rnd)
+        finally:
+            watch.close()
         result = self.result()
         env = environment(self.device, torch.get_num_threads(), self.ctx.memory_format)
         # the run JSON last: once it exists, everything is written; if it cannot be, nothing

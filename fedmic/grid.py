@@ -51,6 +51,12 @@ def timing_file(results: str, key: RunKey) -> str:
     return f"{results}/{run_dir(key)}/seed{key.seed}.timing.json"
 
 
+def tensorboard_dir(logs: str, key: RunKey) -> str:
+    """A run's TensorBoard folder, named by its grid coordinates as its run JSON is:
+    <logs>/tensorboard/<dataset>/lam<lam>_K<clients>_jr<join ratio>/<arm>/seed<seed>."""
+    return f"{logs}/tensorboard/{run_dir(key).removeprefix('runs/')}/seed{key.seed}"
+
+
 def partition_seed(config: dict, seed: int) -> int:
     fixed = config.get("partition", {}).get("seed")
     return seed if fixed is None else int(fixed)

@@ -1,4 +1,4 @@
-"""Helpers shared by the workflow tests."""
+"""The MedMNIST folder every test reads, and helpers shared by the workflow tests."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from fedmic.dataroot import ENV_ROOT, default_root
+
 REPO = Path(__file__).resolve().parents[1]
+# the command line's rule: $FEDMIC_MEDMNIST_ROOT, ../shared/data/medmnist, ~/.medmnist
+DATA = default_root(REPO).absolute()
+DATASETS = ("breastmnist", "pneumoniamnist", "retinamnist")  # the three small ones (about 8 MB)
+
+
+def pytest_sessionstart(session):
+    """Every file present and verified (MD5), or downloaded, before any test; else the suite
+    stops here with one line instead of failing or skipping test by test."""
+    from fedmic.data.medmnist import DatasetError, ensure_dataset
+
+    for flag in DATASETS:
+        try:
+            ensure_dataset(flag, DATA, timeout=15)
+        except (DatasetError, OSError) as e:
+            if isinstance(e, DatasetError) and e.__cause__ is None:  # a file there, but not the right one
+                reason = str(e).rstrip(".")
+            else:
+                cause = e.__cause__ or e
+                reason = f"{flag}.npz is missing and could not be downloaded ({type(cause).__name__}: {cause})"
+            raise pytest.UsageError(
+                f"the tests need {', '.join(f + '.npz' for f in DATASETS)} in {DATA}: {reason}. "
+                f"Set {ENV_ROOT} to a folder that has them, or run the tests once online") from None
 
 
 def mark_outputs_done(snakefile: Path, workdir: Path, configfile: Path, env: dict) -> None:

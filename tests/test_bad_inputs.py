@@ -23,17 +23,14 @@ from typing import Callable
 
 import pytest
 import yaml
-from conftest import mark_outputs_done
+from conftest import DATA, mark_outputs_done
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "medmnist"
 FLAG = "breastmnist"
 FEDMIC = str(Path(sys.executable).with_name("fedmic"))
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
 RUN = {"dataset": FLAG, "clients": 3, "lam": 0.5, "rounds": 2, "checkpoint_every": 0}
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
-
-pytestmark = pytest.mark.skipif(not (DATA / f"{FLAG}.npz").exists(), reason=f"real MedMNIST files not in {DATA}")
 
 
 # --------------------------------------------------------------------------- the rows
@@ -82,13 +79,28 @@ def tiny(**change):
     return setup
 
 
+# the blocker first, then the checkout under test (the console script's own fedmic may be another's)
+NO_TENSORBOARD_ENV = {"PYTHONPATH": f"blocker{os.pathsep}{REPO}"}
+
+
+def no_tensorboard(w):
+    """A `tensorboard` package that cannot be imported, in the case's folder (NO_TENSORBOARD_ENV)."""
+    (w.dir / "blocker" / "tensorboard").mkdir(parents=True)
+    (w.dir / "blocker" / "tensorboard" / "__init__.py").write_text("raise ImportError('no tensorboard here')\n")
+
+
 def snake(*targets, dry=False):
     return ["snakemake", "--cores", "1", *(["-n"] if dry else []), *(targets or ["all"]), "--configfile", "{cfg}"]
 
 
 NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this row is for a machine without CUDA")
 ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
+TENSORBOARD_FIX = "pip install 'fedmic[tensorboard]'"
 ROOT_FIX = "--root DIR, data_root: DIR in the workflow config, or $FEDMIC_MEDMNIST_ROOT=DIR"
+# the folder when none is named (the home folder is the case's own): ../shared/data/medmnist beside
+# this checkout when it exists, else ~/.medmnist
+BESIDE = REPO.parent / "shared" / "data" / "medmnist"
+UNNAMED_ROOT = str(BESIDE) if BESIDE.is_dir() else "~/.medmnist"
 TARGETS_FIX = "write targets before --configfile"
 # root writes through file modes, so there the row uses a read-only file system
 RO_SAYS = ("ro: Read-only file system", "write elsewhere") if os.geteuid() == 0 else ("ro", "Permission denied", "use another folder")
@@ -164,6 +176,9 @@ CASES = [
     Case("truncated .npz", train(), 2, ("has MD5", "(truncated, corrupt or another release). Fix: delete"),
          setup=lambda w: ((w.dir / "root").mkdir(), (w.dir / "root" / f"{FLAG}.npz").write_bytes(
              (DATA / f"{FLAG}.npz").read_bytes()[:50_000]), setattr(w, "data", w.dir / "root"))),
+    Case("--tensorboard without tensorboard", train("--tensorboard", "tb"), 2,
+         ("--tensorboard needs the tensorboard package", TENSORBOARD_FIX), setup=no_tensorboard,
+         env=NO_TENSORBOARD_ENV),
     Case("download offline", ["download", "--dataset", FLAG, "--root", "dl", "--url", "{closed_url}", "--quiet"], 2,
          (f"could not download MedMNIST dataset '{FLAG}'", "Offline? download", ROOT_FIX)),
     Case("unknown dataset", ["partition", "--dataset", "foomnist", "--root", "{data}", "--lam", "0.5", "--clients",
@@ -206,6 +221,8 @@ CASES = [
          ("tables.t6.base: there is no arm 'fedmic' under methods (defined: fedavg)",
           "add one or set tables.t6.base", "tables.t6.enabled: false"),
          setup=tiny(**{"methods.fedmic": None, "tables.t6": {"values": {"tau": [1]}}})),
+    Case("tensorboard: true without tensorboard", snake(dry=True), 1, ("tensorboard: true, but", TENSORBOARD_FIX),
+         setup=lambda w: (tiny(tensorboard=True)(w), no_tensorboard(w)), env=NO_TENSORBOARD_ENV),
     Case("t6.base misspelt (issue)", snake(), 1, ("tables.t6.base: there is no arm 'fedmci' under methods",),
          setup=tiny(**{"tables.t6": {"base": "fedmci", "values": {"tau": [1]}}})),
     Case("t5.base misspelt", snake(), 1, ("tables.t5.base: there is no arm 'fedmc' under methods",),
@@ -273,7 +290,7 @@ ALLOWED = [
     Case("no fedmic arm with T5/T6 off (issue)", snake(dry=True), 0, (),
          setup=tiny(**{"methods.fedmic": None, "figures": {"svd_ranks": {"enabled": False}}})),
     Case("no data root anywhere", snake(dry=True), 0,
-         ("MedMNIST files are read from, and downloaded to, ~/.medmnist", "data_root", f"${ENV_ROOT}"),
+         (f"MedMNIST files are read from, and downloaded to, {UNNAMED_ROOT}:", "data_root", f"${ENV_ROOT}"),
          setup=tiny(), env={ENV_ROOT: None}),
 ]
 

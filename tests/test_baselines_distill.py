@@ -16,8 +16,8 @@ from fedmic.algorithms.base import Upload, clone_state
 from fedmic.algorithms.moon import model_contrastive_loss
 from fedmic.comm import Payload, apply_delta, state_delta, svd_decode
 from fedmic.distill import DistillSwitches, dual_kd_losses
+from conftest import DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 FLAG = "breastmnist"
 METHODS = ("ditto", "moon", "fml", "fedkd", "fedproto")
 
@@ -34,10 +34,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data():
-    if not (SHARED / f"{FLAG}.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
     from fedmic.data.medmnist import load_dataset
-    return load_dataset(FLAG, SHARED)
+    return load_dataset(FLAG, DATA)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +154,7 @@ def test_moon_with_mu_zero_is_fedavg_bit_for_bit(partition, tmp_path):
     for method, hp in (("fedavg", {}), ("moon", {"mu": 0.0})):
         cfg = RunConfig(dataset=FLAG, method=method, hp=hp, lam=0.5, clients=3, rounds=2, progress=False,
                         checkpoint_every=0, threads=1)
-        sim = Simulation(cfg, partition, str(SHARED))
+        sim = Simulation(cfg, partition, str(DATA))
         res = sim.run(tmp_path / f"{method}.json")
         runs[method] = (res["history"], sim.server["global"])
     head_bytes = sum(v.numel() * 4 for k, v in runs["moon"][1].items() if k.startswith("proj."))
@@ -393,7 +391,7 @@ def test_end_to_end_run(method, partition, data, tmp_path):
     from fedmic.engine import Simulation
     cfg = RunConfig(dataset=FLAG, method=method, lam=0.5, clients=3, rounds=2, progress=False,
                     checkpoint_every=0, threads=1)
-    sim = Simulation(cfg, partition, str(SHARED))
+    sim = Simulation(cfg, partition, str(DATA))
     out = tmp_path / "run.json"
     sim.run(out)
     res = json.loads(out.read_text())

@@ -15,8 +15,8 @@ from fedmic.algorithms import ClientData, Context, algorithm_defaults, get_algor
 from fedmic.algorithms.base import Upload, is_bn_key
 from fedmic.comm import Payload
 from fedmic.models import build_model
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 N_CLASSES = 3
 
 
@@ -247,8 +247,6 @@ def test_fedrep_trains_head_then_encoder():
 
 @pytest.fixture(scope="module")
 def breast(tmp_path_factory):
-    if not (DATA / "breastmnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {DATA}")
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition
     data = load_dataset("breastmnist", DATA)

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared/data/medmnist"
 
 
 def test_benchmark_prints_every_row():
-    if not (SHARED / "breastmnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
-    cmd = [sys.executable, str(REPO / "benchmarks/bench_sim.py"), "--dataset", "breastmnist", "--root", str(SHARED),
+    cmd = [sys.executable, str(REPO / "benchmarks/bench_sim.py"), "--dataset", "breastmnist", "--root", str(DATA),
            "--clients", "3", "--scale-clients", "6", "--batch-size", "64", "--repeats", "1", "--threads", "1",
            "--fedmic-hp", '{"student_width": 0.25, "teacher_width": 0.25}', "--options"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -215,8 +213,6 @@ def test_grid_cost_counts_every_runs_images(tmp_path):
     """benchmarks/grid_cost.py on config/tiny.yaml: one estimate per run of the grid, the images
     each trains and evaluates from the grid and the dataset's official sizes, positive times,
     and the N-job total between the one-device total / N and the one-device total."""
-    if not (SHARED / "pneumoniamnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
     from fedmic import grid
     from fedmic.data.medmnist import dataset_info
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -224,7 +220,7 @@ def test_grid_cost_counts_every_runs_images(tmp_path):
 
     est = tmp_path / "est.json"
     text = _run("grid_cost.py", "--config", str(REPO / "config/tiny.yaml"), "--jobs", "1", "2", "--probe-rounds", "1",
-                "--root", str(SHARED), "--json", str(est))
+                "--root", str(DATA), "--json", str(est))
     runs = json.loads(est.read_text())
     config = grid_cost.load_config(str(REPO / "config/tiny.yaml"))
     keys = grid.all_runs(config)

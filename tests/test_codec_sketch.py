@@ -4,15 +4,12 @@ training updates, it is deterministic, and it leaves the dense, all-zero and non
 as they were."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from fedmic import comm, gpd
 from fedmic.comm import NonFiniteError, energy_rank, kept_ranks, svd_decode, svd_encode
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
+from conftest import DATA
 
 
 def full_rank_k(m: torch.Tensor, energy: float) -> int:
@@ -133,21 +130,19 @@ def test_float16_transport_keeps_the_byte_count():
 def test_real_training_updates_get_the_full_svds_rank(tmp_path):
     """Every uplink and downlink of a short FedMIC run on real images: the sketch's rank equals
     the full SVD's on every matrix it settles, and it settles the 512 x 1024 fc updates."""
-    if not (SHARED / "breastmnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
     from fedmic.config import RunConfig
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition
     from fedmic.engine import Simulation, sample_clients
 
-    data = load_dataset("breastmnist", SHARED)
+    data = load_dataset("breastmnist", DATA)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
     part = make_partition("dirichlet_label", labels, 4, 0.5, 0, 10, n_classes=2, dataset="breastmnist",
                           dataset_md5=data.info.md5(28))
     path = save_partition(part, tmp_path / "part.json")
     cfg = RunConfig(dataset="breastmnist", method="fedmic", lam=0.5, clients=4, rounds=3, progress=False,
                     checkpoint_every=0, threads=1)
-    sim = Simulation(cfg, path, str(SHARED))
+    sim = Simulation(cfg, path, str(DATA))
     seen, encode = [], gpd.svd_encode
 
     def record(state, energy=None, *a, **k):

@@ -15,12 +15,10 @@ from fedmic.config import ConfigError, RunConfig
 from fedmic.data.medmnist import DatasetError, ensure_dataset, load_dataset
 from fedmic.data.partition import PartitionError, make_partition, save_partition
 from fedmic.engine import Simulation
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 FLAG = "breastmnist"
 BREAST_MD5 = "750601b1f35ba3300ea97c75c52ff8f6"
-
-needs_data = pytest.mark.skipif(not (DATA / f"{FLAG}.npz").exists(), reason=f"real MedMNIST files not in {DATA}")
 
 
 def cli_error(capsys, argv) -> str:
@@ -111,7 +109,6 @@ def test_cli_missing_or_malformed_files(tmp_path, capsys):
     assert f"{bad}\", line 1" in line  # names the file and the line
 
 
-@needs_data
 def test_unknown_dataset_lists_choices(tmp_path, capsys):
     line = cli_error(capsys, ["partition", "--dataset", "foomnist", "--root", str(DATA), "--lam", "0.5",
                               "--clients", "4", "--out", str(tmp_path / "p.json")])
@@ -121,7 +118,6 @@ def test_unknown_dataset_lists_choices(tmp_path, capsys):
     assert "unknown MedMNIST 2D dataset 'foomnist'" in line and "bloodmnist" in line
 
 
-@needs_data
 def test_more_clients_than_images(tmp_path, capsys):
     y = load_dataset(FLAG, DATA).split("train")[1].numpy()
     with pytest.raises(ValueError, match=r"more clients than images allow: 100 clients x min_size 10 = 1000 > 546 "
@@ -133,7 +129,6 @@ def test_more_clients_than_images(tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
-@needs_data
 def test_unreachable_min_size_names_the_other_scheme():
     y = load_dataset("pneumoniamnist", DATA).split("train")[1].numpy()
     with pytest.raises(PartitionError, match=r"dirichlet_label partition failed.*Fix: .*scheme 'dirichlet_client'"):
@@ -142,7 +137,6 @@ def test_unreachable_min_size_names_the_other_scheme():
 
 # --------------------------------------------------------------------------- data files
 
-@needs_data
 def test_corrupt_or_truncated_dataset_file(tmp_path):
     target = tmp_path / f"{FLAG}.npz"
     target.write_bytes((DATA / f"{FLAG}.npz").read_bytes()[:100_000])  # a cut download
@@ -172,7 +166,6 @@ def test_missing_file_while_offline(tmp_path):
 
 # --------------------------------------------------------------------------- partition vs run
 
-@needs_data
 def test_partition_made_for_other_settings_is_refused(tmp_path, capsys):
     data = load_dataset(FLAG, DATA)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}

@@ -7,8 +7,11 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,16 +32,16 @@ from fedmic.data import (
     verify_md5,
 )
 from fedmic.data.medmnist import ENV_ROOT
+from fedmic.dataroot import default_root, source_checkout
+from conftest import DATA, REPO
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 BREAST_MD5 = "750601b1f35ba3300ea97c75c52ff8f6"
 
 
 @pytest.fixture
 def shared() -> Path:
-    if not (SHARED / "pneumoniamnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
-    return SHARED
+    """The tests' MedMNIST folder (conftest.DATA: present and verified before any test)."""
+    return DATA
 
 
 @contextlib.contextmanager
@@ -127,13 +130,82 @@ def test_unknown_flag_lists_choices_and_3d_excluded():
 # --- root folder ---------------------------------------------------------------------
 
 
-def test_resolve_root_precedence(monkeypatch, tmp_path):
+def fake_checkout(base: Path, shared: bool) -> Path:
+    clone = base / "clone"
+    clone.mkdir(parents=True)
+    (clone / "pyproject.toml").write_text("[project]\n")
+    if shared:
+        (base / "shared" / "data" / "medmnist").mkdir(parents=True)
+    return clone
+
+
+def test_default_root_order(monkeypatch, tmp_path):
+    """$FEDMIC_MEDMNIST_ROOT, then ../shared/data/medmnist beside the checkout, then ~/.medmnist."""
+    tmp_path = tmp_path.resolve()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    lone, beside = fake_checkout(tmp_path / "lone", shared=False), fake_checkout(tmp_path / "beside", shared=True)
+    (tmp_path / "file" / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "file" / "shared" / "data" / "medmnist").write_text("not a folder")
+    aside = fake_checkout(tmp_path / "file", shared=False)
+    monkeypatch.delenv(ENV_ROOT, raising=False)
+    assert default_root(lone) == default_root(aside) == tmp_path / "home" / ".medmnist"
+    assert default_root(beside) == tmp_path / "beside" / "shared" / "data" / "medmnist"
+    monkeypatch.setenv(ENV_ROOT, "")  # set but empty: as unset
+    assert default_root(beside) == tmp_path / "beside" / "shared" / "data" / "medmnist"
+    monkeypatch.setenv(ENV_ROOT, str(tmp_path / "env"))
+    assert default_root(beside) == default_root(lone) == tmp_path / "env"
+
+
+def test_command_line_rule_is_this_checkouts(monkeypatch, tmp_path):
+    """resolve_root (every --root default): an explicit folder, else default_root of the
+    checkout fedmic is imported from (the tests run this checkout's fedmic)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv(ENV_ROOT, raising=False)
-    assert resolve_root(None) == tmp_path / "home" / ".medmnist"
+    assert source_checkout() == REPO
+    assert resolve_root(None) == default_root(REPO)
+    assert resolve_root(tmp_path / "explicit") == tmp_path / "explicit"
     monkeypatch.setenv(ENV_ROOT, str(tmp_path / "env"))
     assert resolve_root(None) == tmp_path / "env"
     assert resolve_root(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_makefile_asks_fedmic(monkeypatch, tmp_path):
+    """`make demo` and `make test` export the folder fedmic's rule picks; MEDMNIST_ROOT=DIR wins."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed (the quick start needs it)")
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_ROOT, "MEDMNIST_ROOT", "MAKEFLAGS", "MFLAGS")}
+    env["HOME"] = str(tmp_path / "home")
+
+    def exported(*args, **extra) -> str:
+        cmd = [make, "-s", "--no-print-directory", "-C", str(REPO), "--eval", "print-root: ; @echo $(FEDMIC_MEDMNIST_ROOT)",
+               "print-root", *args]
+        return subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout.strip()
+
+    monkeypatch.setenv("HOME", env["HOME"])
+    monkeypatch.delenv(ENV_ROOT, raising=False)
+    assert exported() == str(default_root(REPO).absolute())
+    assert exported(**{ENV_ROOT: str(tmp_path / "env")}) == str(tmp_path / "env")
+    assert exported(f"MEDMNIST_ROOT={tmp_path / 'mk'}", **{ENV_ROOT: str(tmp_path / "env")}) == str(tmp_path / "mk")
+
+
+@pytest.mark.parametrize("present", [None, "cut"], ids=["offline, no files", "a cut file"])
+def test_suite_stops_with_one_line(tmp_path, present):
+    """No usable data: the suite stops before any test, with one line naming the variable."""
+    root = tmp_path / "root"
+    if present:
+        root.mkdir()
+        (root / "breastmnist.npz").write_bytes((DATA / "breastmnist.npz").read_bytes()[:1000])
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    # offline: every download goes to a closed port
+    env.update({ENV_ROOT: str(root), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_packaging.py"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == pytest.ExitCode.USAGE_ERROR and len(lines) == 1, res.stdout + res.stderr
+    assert f"Set {ENV_ROOT} to a folder that has them" in lines[0] and str(root) in lines[0]
+    assert ("could not be downloaded" if present is None else "has MD5") in lines[0]
+    assert "passed" not in lines[0] and "skipped" not in lines[0]
 
 
 def test_env_root_used_by_ensure_and_load(monkeypatch, shared):

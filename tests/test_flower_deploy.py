@@ -21,10 +21,9 @@ from flower_deploy import Deployment, kill_tree  # noqa: E402
 from flower_grid import K, make_partition_file, run_config, same_run  # noqa: E402
 
 from fedmic.engine import Simulation  # noqa: E402
+from conftest import DATA  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "breastmnist.npz").exists(), reason=f"real MedMNIST files not in {DATA}")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ from flower_grid import K, ProcessGrid, make_partition_file, make_site, run_conf
 from fedmic.algorithms import ALGORITHMS  # noqa: E402
 from fedmic.engine import DivergenceError, Simulation, dropped_clients, sample_clients  # noqa: E402
 from fedmic.flower.server_app import FlowerRun, Options, SiteFailure  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
-pytestmark = pytest.mark.skipif(not (DATA / "breastmnist.npz").exists(), reason=f"real MedMNIST files not in {DATA}")
+from conftest import DATA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from fedmic.comm import Payload, apply_delta, svd_decode
 from fedmic.config import RunConfig
 from fedmic.engine import Simulation
 from fedmic.gpd import CatchUpError, SharedModelChannel
+from conftest import DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 FLAG = "breastmnist"
 
 
@@ -129,11 +129,9 @@ def test_a_client_that_cannot_rebuild_is_refused(initial):
 
 @pytest.fixture(scope="module")
 def partition(tmp_path_factory) -> Path:
-    if not (SHARED / f"{FLAG}.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition
-    data = load_dataset(FLAG, SHARED)
+    data = load_dataset(FLAG, DATA)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
     part = make_partition("dirichlet_label", labels, 4, 0.5, 0, 10, n_classes=data.n_classes,
                           dataset=FLAG, dataset_md5=data.info.md5(28))
@@ -147,7 +145,7 @@ def test_engine_run_global_model_equals_every_clients_rebuild(method, partition,
     round's downlink bytes are those payloads' bytes."""
     cfg = RunConfig(dataset=FLAG, method=method, lam=0.5, clients=4, rounds=4, join_ratio=0.5, drop_rate=0.5,
                     progress=False, checkpoint_every=0, threads=1)
-    sim = Simulation(cfg, partition, str(SHARED))
+    sim = Simulation(cfg, partition, str(DATA))
     sent = {}
     real = sim.algo.downlink
 
@@ -182,7 +180,7 @@ def test_params_mode_still_factorises_the_weights(partition, tmp_path):
     nearly dense (fc needs most of its rank for 95 % energy)."""
     cfg = RunConfig(dataset=FLAG, method="fedmic", hp={"decompose": "params"}, lam=0.5, clients=4, rounds=2,
                     progress=False, checkpoint_every=0, threads=1)
-    sim = Simulation(cfg, partition, str(SHARED))
+    sim = Simulation(cfg, partition, str(DATA))
     res = sim.run(tmp_path / "run.json")
     dense = dense_bytes(sim.server["global"]) - 4
     assert all(b > 0.5 * dense for h in res["history"] for b in h["uplink_bytes"] + h["downlink_bytes"])

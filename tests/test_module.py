@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")  # the console script: cwd stays off sys.path
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")]
+pytestmark = pytest.mark.slow
 
 DEPLOYED_SNAKEFILE = '''from snakemake.utils import min_version
 
@@ -69,7 +68,7 @@ def test_module_from_a_git_url_runs_the_test_config_to_the_end(tmp_path):
     # job (or the parse) that imports from there fails
     (deploy / "fedmic").mkdir()
     (deploy / "fedmic" / "__init__.py").write_text("raise ImportError('imported fedmic from the user folder')\n")
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED))
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA))
     # "installed beside Snakemake": this working tree's package, the one under test
     env["PYTHONPATH"] = str(REPO)
     res = subprocess.run([str(SNAKEMAKE), "--cores", "2"], cwd=deploy, env=env, capture_output=True, text=True)
@@ -99,7 +98,7 @@ def test_module_with_a_different_installed_version_stops_before_any_job(tmp_path
     (deploy / "workflow" / "Snakefile").write_text(DEPLOYED_SNAKEFILE.format(repo=source))
     shutil.copy(REPO / ".test" / "config" / "config.yaml", deploy / "config" / "config.yaml")
     res = subprocess.run([str(SNAKEMAKE), "-n", "--cores", "1"], cwd=deploy, capture_output=True, text=True,
-                         env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PYTHONPATH=str(REPO)))
+                         env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA), PYTHONPATH=str(REPO)))
     assert res.returncode != 0
     # the fedmic of that repository and ref, never a PyPI version
     assert f"installed package is fedmic {fedmic.__version__}" in res.stdout + res.stderr

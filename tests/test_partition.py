@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,16 +20,13 @@ from fedmic.data.partition import (
     make_partition,
     save_partition,
 )
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 SPLITS = ("train", "val", "test")
 
 
 def _labels(flag: str) -> dict[str, np.ndarray]:
-    f = DATA / f"{flag}.npz"
-    if not f.exists():
-        pytest.skip(f"real MedMNIST file {f} not available")
-    with np.load(f) as d:
+    with np.load(DATA / f"{flag}.npz") as d:
         return {s: d[f"{s}_labels"] for s in SPLITS}
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,16 +11,13 @@ from fedmic.report.io import latex_escape, mean_std, save_figure, write_table
 from fedmic.report.partitions import T1_COLUMNS, figure_f3, table_t1
 
 import matplotlib.pyplot as plt  # after fedmic.report.io, which selects the Agg backend
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 SPLITS = ("train", "val", "test")
 
 
 def _loader(flag: str) -> dict[str, np.ndarray]:
-    f = DATA / f"{flag}.npz"
-    if not f.exists():
-        pytest.skip(f"real MedMNIST file {f} not available")
-    with np.load(f) as d:
+    with np.load(DATA / f"{flag}.npz") as d:
         return {s: d[f"{s}_labels"] for s in SPLITS}
 
 

@@ -13,8 +13,7 @@ import pytest
 from runfixtures import prior_floors, write_run
 
 from fedmic.report import build_table, tables, tidy
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
+from conftest import DATA
 
 
 def md_rows(path: Path) -> list[list[str]]:
@@ -312,7 +311,6 @@ def test_collect_then_table_from_the_results_file(tmp_path):
     assert prov["collected_with"]["packages"]["pandas"] == pd.__version__
 
 
-@pytest.mark.skipif(not (DATA / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 def test_t1_and_f3_dispatch_to_partition_builders(tmp_path):
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition

@@ -26,13 +26,11 @@ from fedmic.data.medmnist import load_dataset
 from fedmic.data.partition import make_partition, save_partition
 from fedmic.engine import CheckpointError, DivergenceError, Simulation
 from fedmic.models import build_model
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/medmnist"
 FLAG = "breastmnist"
 K = 4
 SMALL = {"teacher_width": 0.25, "student_width": 0.25}  # FedMIC with 1/4-width CNNs: fast
-
-pytestmark = pytest.mark.skipif(not (DATA / f"{FLAG}.npz").exists(), reason=f"real MedMNIST files not in {DATA}")
 
 
 @pytest.fixture(scope="module", autouse=True)

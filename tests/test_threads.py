@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared/data/medmnist"
 
 PROBE = ("import os, sys; import {module}; loaded = 'torch' in sys.modules; import torch; "
          "print(loaded, os.environ.get('OMP_WAIT_POLICY'))")
@@ -37,16 +37,14 @@ def test_a_wait_policy_the_user_set_wins():
 
 def test_train_command_runs_one_thread_by_default(tmp_path):
     """`fedmic train` without --threads: one torch thread (torch's own default is one per core)."""
-    if not (SHARED / "breastmnist.npz").exists():
-        pytest.skip(f"real MedMNIST files not found in {SHARED}")
     fedmic = [sys.executable, "-m", "fedmic.cli"]
     part = tmp_path / "p.json"
-    subprocess.run(fedmic + ["partition", "--dataset", "breastmnist", "--root", str(SHARED), "--lam", "0.5",
+    subprocess.run(fedmic + ["partition", "--dataset", "breastmnist", "--root", str(DATA), "--lam", "0.5",
                              "--clients", "2", "--out", str(part)], check=True, capture_output=True)
     cfg = json.dumps({"dataset": "breastmnist", "method": "fedavg", "lam": 0.5, "clients": 2, "rounds": 1,
                       "scheme": "dirichlet_label", "checkpoint_every": 0})
     out = tmp_path / "run.json"
-    res = subprocess.run(fedmic + ["train", "--config", cfg, "--partition", str(part), "--root", str(SHARED),
+    res = subprocess.run(fedmic + ["train", "--config", cfg, "--partition", str(part), "--root", str(DATA),
                                    "--out", str(out), "--no-progress"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(out.with_suffix(".timing.json").read_text())["env"]["threads"] == 1

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import mark_outputs_done
+from conftest import DATA, mark_outputs_done
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PAPER_ARMS = 13  # config/config.yaml: the 12 methods and FedAvg on FedBN's model
 
-pytestmark = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
-
-def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=SHARED):
+def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=DATA):
     """gpus: CUDA_VISIBLE_DEVICES, the GPUs the workflow finds ("": a CPU machine)."""
     env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(root), CUDA_VISIBLE_DEVICES=gpus)
     cmd = [*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(workdir),
@@ -131,7 +128,7 @@ def test_a_fresh_copy_of_the_data_retrains_nothing(tiny_run, tmp_path):
     root = tmp_path / "medmnist"
     root.mkdir()
     copy = root / "breastmnist.npz"
-    shutil.copyfile(SHARED / "breastmnist.npz", copy)
+    shutil.copyfile(DATA / "breastmnist.npz", copy)
     os.utime(copy, (time.time() + 60, time.time() + 60))
     out = snakemake(tiny_run, "-n", "--cores", "2", "all", "--rerun-triggers", "mtime", root=root).stdout
     counts = job_counts(out)
@@ -232,6 +229,35 @@ def test_more_threads_retrain_nothing(tiny_run, tmp_path):
     assert set(counts) <= PROVENANCE_ONLY
 
 
+def with_tensorboard(tmp_path) -> str:
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    (tmp_path / "tensorboard.yaml").write_text(yaml.safe_dump({**cfg, "tensorboard": True}))
+    return str(tmp_path / "tensorboard.yaml")
+
+
+def test_tensorboard_on_retrains_nothing(tiny_run, tmp_path):
+    counts = job_counts(snakemake(tiny_run, "-n", "--cores", "2", "all", config=with_tensorboard(tmp_path)).stdout)
+    assert set(counts) <= PROVENANCE_ONLY
+
+
+def test_tensorboard_run_folder_log_lines_and_same_run_json(tiny_run, tmp_path):
+    """tensorboard: true: the run's scalars in a folder named by its grid coordinates, its log
+    a line per round (tiny.yaml, like every shipped config, has progress: true), and its run
+    JSON byte for byte the one trained without."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    coords = "breastmnist/lam0.5_K3_jr1/fedavg/seed0"
+    wd = tmp_path / "wd"
+    snakemake(wd, "--cores", "1", f"results-tiny/runs/{coords}.json", config=with_tensorboard(tmp_path))
+    assert (wd / f"results-tiny/runs/{coords}.json").read_bytes() == (tiny_run / f"results-tiny/runs/{coords}.json").read_bytes()
+    events = EventAccumulator(str(wd / "logs-tiny" / "tensorboard" / coords))
+    events.Reload()
+    assert [e.step for e in events.Scalars("acc/personal_test")] == [1, 2]
+    for folder in (wd, tiny_run):
+        log = (folder / f"logs-tiny/train/{coords}.log").read_text()
+        assert re.findall(r"fedmic\.engine: round (\d)/2: ", log) == ["1", "2"], log
+
+
 @pytest.mark.parametrize("change, retrained", [
     ({"lr": 0.01}, 2), ({"rounds": 3}, 2),
     ({"methods": {"fedavg": {"method": "fedavg"}, "fedmic": {"method": "fedmic", "hp": {"tau": 3}}}}, 1),
@@ -268,7 +294,7 @@ def copied_workflow(tmp_path_factory):
     for d in ("fedmic", "workflow"):
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "data").mkdir()
-    shutil.copy(SHARED / "breastmnist.npz", root / "data")  # --touch must not touch the shared file
+    shutil.copy(DATA / "breastmnist.npz", root / "data")  # --touch must not touch the shared file
     cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     cfg.update(data_root=str(root / "data"), methods={m: {"method": m, **extra} for m, extra in EVERY_METHOD.items()})
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -324,7 +350,7 @@ def test_workflow_reads_without_torch(tmp_path):
         "        if name.split('.')[0] == 'torch':\n"
         "            raise ImportError('torch is blocked by the test')\n"
         "sys.meta_path.insert(0, NoTorch())\n")
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PYTHONPATH=str(blocker))
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA), PYTHONPATH=str(blocker))
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert "torch is blocked by the test" in probe.stderr  # the blocker works
     res = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "-n",

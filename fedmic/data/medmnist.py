@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..dataroot import ENV_ROOT, default_root
 from ..utils import atomic_open
 from . import registry
 
-ENV_ROOT = "FEDMIC_MEDMNIST_ROOT"
-DEFAULT_ROOT = "~/.medmnist"
 # how to point fedmic at a folder that has the files (command line, workflow, environment)
 ROOT_HINT = f"--root DIR, data_root: DIR in the workflow config, or ${ENV_ROOT}=DIR"
 SIZES = registry.SIZES
@@ -82,9 +81,9 @@ def dataset_info(flag: str) -> DatasetInfo:
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
-    """Explicit argument, else $FEDMIC_MEDMNIST_ROOT, else ~/.medmnist."""
-    chosen = root if root is not None else (os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
-    return Path(chosen).expanduser()
+    """Explicit argument, else fedmic.dataroot.default_root() ($FEDMIC_MEDMNIST_ROOT,
+    ../shared/data/medmnist beside the checkout, ~/.medmnist)."""
+    return Path(root).expanduser() if root is not None else default_root()
 
 
 def file_md5(path: str | os.PathLike) -> str:

@@ -128,7 +128,7 @@ if _conda:
 else:
     FEDMIC_ENV = "../envs/fedmic.yaml"
 
-from fedmic import grid, schema
+from fedmic import dataroot, grid, schema, watch
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -185,15 +185,22 @@ if _problem := schema.config_problem(config, CONFIG_SCHEMA):
 
 RESULTS = config["results"]
 LOGS = config.get("logs", "logs")
-if not (config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT")):
-    print(
-        "fedmic workflow: MedMNIST files are read from, and downloaded to, ~/.medmnist: neither data_root "
-        "(config) nor $FEDMIC_MEDMNIST_ROOT is set",
-        file=sys.stderr,
-    )
-DATA_ROOT = os.path.abspath(
-    os.path.expanduser(config.get("data_root") or os.getenv("FEDMIC_MEDMNIST_ROOT") or "~/.medmnist")
-)
+# fedmic.dataroot's rule, the command line's: $FEDMIC_MEDMNIST_ROOT, ../shared/data/medmnist
+# beside the checkout, ~/.medmnist
+if config.get("data_root"):
+    DATA_ROOT = os.path.abspath(os.path.expanduser(config["data_root"]))
+else:
+    _root = dataroot.default_root(CHECKOUT)
+    DATA_ROOT = os.path.abspath(_root)
+    if not os.getenv(dataroot.ENV_ROOT):
+        print(
+            f"fedmic workflow: MedMNIST files are read from, and downloaded to, {dataroot.shown(_root)}: "
+            f"neither data_root (config) nor ${dataroot.ENV_ROOT} is set",
+            file=sys.stderr,
+        )
+# under --sdm conda the jobs' environment is not this one: their `fedmic train` checks
+if config.get("tensorboard") and not _conda and (_problem := watch.tensorboard_missing()):
+    fail(f"config error: tensorboard: true, but {_problem}")
 
 try:
     RUNS = grid.all_runs(config)
@@ -238,9 +245,11 @@ def train_settings(wc, threads):
     """The run's settings and execution flags (threads, device, checkpoints, ...). Snakemake
     retrains a job whose params change, except params derived from its threads, input or
     output: taking `threads` makes this one such a param, so only the fingerprint decides
-    (changing checkpoint_every, or writing a default out, retrains nothing)."""
+    (changing checkpoint_every, switching tensorboard on, or writing a default out, retrains nothing)."""
     cfg = run_of(wc)
     args = ["--config", json.dumps(cfg.without_execution(), sort_keys=True), *cfg.execution_args(threads=threads)]
+    if config.get("tensorboard"):
+        args += ["--tensorboard", grid.tensorboard_dir(LOGS, run_key(wc))]
     return " ".join(map(shlex.quote, args))
 
 
