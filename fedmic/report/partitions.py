@@ -14,7 +14,7 @@ import pandas as pd
 
 from fedmic.data.partition import Partition, load_partition
 from fedmic.report.io import save_figure, write_table
-from fedmic.report.views import pretty_dataset
+from fedmic.report.views import class_names, pretty_dataset
 
 LabelsLoader = Callable[[str], Mapping[str, np.ndarray]]
 
@@ -111,10 +111,23 @@ def _lam_label(lam: float) -> str:
     return f"{lam:g}"
 
 
+def _class_tick(name: str) -> str:
+    """A class name short enough for a tick label: at most two lines of about 22 characters."""
+    import textwrap
+
+    return textwrap.fill(name, width=22, max_lines=2, placeholder="…")
+
+
 def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem: str | Path,
               panel_width: float = 3.4) -> list[Path]:
+    """Write F3 (``f3_figure``) as ``<stem>.png/.pdf``."""
+    return save_figure(f3_figure(partition_paths, labels_loader, panel_width), stem)
+
+
+def f3_figure(partition_paths: Sequence[Path], labels_loader: LabelsLoader, panel_width: float = 3.4):
     """The paper's Figure 3: rows = datasets, columns = lambda, one bubble per
-    (client, class) with area proportional to the client's training images of it."""
+    (client, class) with area proportional to the client's training images of it; classes
+    by their names in the MedMNIST registry, on the first panel of each row."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -164,12 +177,19 @@ def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem
             ax.set_xlim(-0.8, part.clients - 0.2)
             ax.set_ylim(-0.6, part.n_classes - 0.4)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=min(part.n_classes, 11), integer=True))
+            ax.set_yticks(range(part.n_classes))
+            names = class_names(d)
+            if len(names) != part.n_classes:
+                raise ValueError(f"figure_f3: the partition of {d} has {part.n_classes} classes, the "
+                                 f"registry names {len(names)}; rerun the partition step")
             ax.set_title(f"{pretty_dataset(d)}, λ = {_lam_label(lam)}", fontsize=10)
             ax.set_xlabel("Client", fontsize=9)
             if not labelled:  # first drawn panel of the row, even when column 0 is empty
+                ax.set_yticklabels([_class_tick(n) for n in names], fontsize=8)
                 ax.set_ylabel("Class", fontsize=9)
                 labelled = True
+            else:  # the row's classes are named once, on its first panel
+                ax.tick_params(axis="y", labelleft=False)
             ax.tick_params(labelsize=8)
             ax.grid(True, linewidth=0.3, alpha=0.5)
             ax.set_axisbelow(True)
@@ -182,4 +202,4 @@ def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem
                            bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False,
                            labelspacing=1.2, borderpad=0.8)
     fig.tight_layout()
-    return save_figure(fig, stem)
+    return fig
