@@ -256,12 +256,13 @@ def svd_ranks_figure(tidy: pd.DataFrame):
                 st = here[(here["layer"] == layer) & (here["kind"] == kind)].groupby("round")["value"].mean()
                 if not len(st):
                     continue
+                line = f"{v.pretty_layer(layer)} ({UPLOAD_TEXT if kind == 'upload' else BROADCAST_TEXT})"
                 if kind == "upload":
-                    ax.plot(st.index, st.values, color=to_rgba(colours[layer], 0.45), lw=3.0, zorder=2,
+                    ax.plot(st.index, st.values, label=line, color=to_rgba(colours[layer], 0.45), lw=3.0, zorder=2,
                             marker=markers[layer], ms=float(sizes[i]), mfc="none", mec=colours[layer], mew=1.2,
-                            markevery=(i % max(1, len(st) // 10), max(1, len(st) // 10)))
+                            markevery=(i % max(1, len(st) // 6), max(1, len(st) // 6)))
                 else:
-                    ax.plot(st.index, st.values, color=colours[layer], lw=1.3, zorder=3,
+                    ax.plot(st.index, st.values, label=line, color=colours[layer], lw=1.3, zorder=3,
                             ls=(i * dash, (dash, dash * (n - 1) if n > 1 else dash)))
         label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
         ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)

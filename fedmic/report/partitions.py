@@ -23,7 +23,7 @@ T1_COLUMNS = [
     "train", "val", "test",
     "train_min", "train_median", "train_max",
     "classes_mean", "classes_min", "classes_max",
-    "local_majority_floor", "global_majority_floor", "redraws",
+    "client_prior_floor", "global_majority_floor", "redraws",
 ]
 
 
@@ -69,13 +69,13 @@ def partition_summary(part: Partition, labels: Mapping[str, np.ndarray]) -> dict
         classes_min=int(held.min()), classes_max=int(held.max()),
     )
     if test is not None and test.sum() > 0:
-        # each client always predicts its own training majority class (ties: lowest id)
+        # the client prior's ACC: each client predicts its own training majority class (ties: lowest id)
         local_major = train.argmax(axis=1)
-        row["local_majority_floor"] = float(test[np.arange(part.clients), local_major].sum() / test.sum())
+        row["client_prior_floor"] = float(test[np.arange(part.clients), local_major].sum() / test.sum())
         global_major = int(train.sum(axis=0).argmax())
         row["global_majority_floor"] = float(test[:, global_major].sum() / test.sum())
     else:
-        row["local_majority_floor"] = row["global_majority_floor"] = float("nan")
+        row["client_prior_floor"] = row["global_majority_floor"] = float("nan")
     row["redraws"] = part.redraws
     return row
 
@@ -99,8 +99,9 @@ def table_t1(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem:
         "Datasets and partitions. train/val/test: images in the official splits, all "
         "assigned to clients. train_min/median/max: training images per client. "
         "classes_*: classes a client holds (at least one training image) across clients. "
-        "local_majority_floor: test accuracy if every client predicts its own training "
-        "majority class; global_majority_floor: the same with the global majority class. "
+        "client_prior_floor: test accuracy of the client-prior floor (each client outputs its "
+        "own training label distribution, i.e. predicts its own training majority class); "
+        "global_majority_floor: every client predicts the majority class of all training images. "
         "redraws: rejected Dirichlet draws before every client had min_size images."
     )
     return write_table(df, stem, caption, digits=3,
