@@ -195,3 +195,15 @@ def test_svd_ranks_legend_reads_layer_names_and_keeps_tied_layers_in_sight(tmp_p
     ax = fig.get_axes()[0]
     for label, line in lines_by_label(ax).items():
         assert visible_pixels(fig, [line]) >= 20, f"{label} is hidden behind another layer"
+
+
+def test_layer_names_read_as_a_reader_says_them_from_input_to_output():
+    from fedmic.report.views import layer_depth, pretty_layer
+
+    raw = ["head.weight", "encoder.layers.1.shortcut.0.weight", "encoder.layers.0.conv2.weight",
+           "encoder.stem.0.weight", "encoder.layers.10.conv1.weight", "encoder.layers.2.conv1.weight"]
+    assert [pretty_layer(n) for n in sorted(raw, key=layer_depth)] == [
+        "stem conv", "block 1 conv 2", "block 2 shortcut conv", "block 3 conv 1", "block 11 conv 1",
+        "classifier head"]
+    assert [pretty_layer(f"encoder.{n}.weight") for n in ("conv1", "conv2", "fc")] == [
+        "conv 1", "conv 2", "fully connected"]

@@ -241,12 +241,13 @@ def svd_ranks_figure(tidy: pd.DataFrame):
     n_cols = min(3, len(groups))
     layout = [(i // n_cols, i % n_cols, g) for i, g in enumerate(groups)]
     fig, axes = _subplots(layout)
-    layers = list(dict.fromkeys(ranks["layer"].dropna()))  # the model's order, input to output
+    layers = sorted(ranks["layer"].dropna().unique(), key=v.layer_depth)  # input to output
     n = len(layers)
     colours = {layer: PALETTE[i % len(PALETTE)] for i, layer in enumerate(layers)}
     markers = {layer: MARKERS[i % len(MARKERS)] for i, layer in enumerate(layers)}
     sizes = np.linspace(8.5, 4.5, n) if n > 1 else [6.0]  # nested outlines where layers tie
-    dash = 3.0  # each layer's dash in its own slot of an n-slot cycle
+    # each layer's dash in its own slot of a cycle of up to four slots: tied layers dash in turn
+    dash, slots = 3.0, min(n, 4)
     for r, c, (s, arm) in layout:
         ax = axes[r, c]
         here = v.in_setting(ranks, dim_cols, s)
@@ -263,7 +264,7 @@ def svd_ranks_figure(tidy: pd.DataFrame):
                             markevery=(i % max(1, len(st) // 6), max(1, len(st) // 6)))
                 else:
                     ax.plot(st.index, st.values, label=line, color=colours[layer], lw=1.3, zorder=3,
-                            ls=(i * dash, (dash, dash * (n - 1) if n > 1 else dash)))
+                            ls=((i % slots) * dash, (dash, dash * (slots - 1) if slots > 1 else dash)))
         label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
         ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)
         _round_axis(ax, RANK_LABEL)

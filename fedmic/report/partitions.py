@@ -113,10 +113,10 @@ def _lam_label(lam: float) -> str:
 
 
 def _class_tick(name: str) -> str:
-    """A class name short enough for a tick label: at most two lines of about 22 characters."""
+    """A class name short enough for a tick label: at most two lines of about 26 characters."""
     import textwrap
 
-    return textwrap.fill(name, width=22, max_lines=2, placeholder="…")
+    return textwrap.fill(name, width=26, max_lines=2, placeholder="…")
 
 
 def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem: str | Path,

@@ -86,6 +86,13 @@ def pretty_layer(name: str) -> str:
     return " ".join(words) or name
 
 
+def layer_depth(name: str) -> tuple:
+    """Sort key from input to output: the stem first, the head last, block 10 after block 9."""
+    parts = name.split(".")
+    rank = 0 if "stem" in parts else 2 if "head" in parts else 1
+    return rank, [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+
 def fmt_value(v) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
