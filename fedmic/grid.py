@@ -13,6 +13,7 @@ import ast
 import copy
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,25 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         return [RunKey(d, l, int(k), _default_jr(config), a, s) for d in datasets for l in lams
                 for k in sec.get("clients", [10, 20, 50, 100]) for a in arms for s in seeds]
     raise ConfigError(f"unknown table {table!r}; choose one of {', '.join(TABLES + FIGURES)}")
+
+
+def caption_title(caption: str) -> str:
+    """The title a report caption opens with, ``**Title.**`` (workflow/report/<item>.rst)."""
+    m = re.match(r"\s*\*\*(.+?)\.?\*\*", caption, re.S)
+    if not m:
+        raise ValueError(f"report caption has no bold title to open it: {caption[:60]!r}")
+    return " ".join(m.group(1).split())
+
+
+def report_labels(config: dict, name: str, caption: str) -> dict[str, str]:
+    """Labels of a report item: its title (from its caption, so the two never differ) and the
+    datasets and λ it covers."""
+    keys = [(k.dataset, k.lam) for k in table_runs(config, "t2" if name in ("t1", "f3") else name)]
+    return {
+        "item": caption_title(caption),
+        "datasets": ", ".join(dict.fromkeys(d for d, _ in keys)),
+        "λ": ", ".join(f"{lam:g}" for lam in sorted({lam for _, lam in keys})),
+    }
 
 
 def enabled(config: dict, name: str) -> bool:

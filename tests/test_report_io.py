@@ -8,7 +8,7 @@ import pytest
 
 from fedmic.data.partition import client_dirichlet_partition, dirichlet_partition, save_partition
 from fedmic.report.io import latex_escape, mean_std, save_figure, write_table
-from fedmic.report.partitions import T1_COLUMNS, figure_f3, table_t1
+from fedmic.report.partitions import T1_COLUMNS, f3_figure, figure_f3, table_t1
 
 import matplotlib.pyplot as plt  # after fedmic.report.io, which selects the Agg backend
 from conftest import DATA
@@ -141,13 +141,13 @@ def test_table_t1(tmp_path, two_partitions):
     held = (train > 0).sum(axis=1)
     assert row.classes_mean == pytest.approx(held.mean())
     assert (row.classes_min, row.classes_max) == (held.min(), held.max())
-    # local majority floor, by hand
+    # client-prior floor (each client's training-majority class), by hand
     y_test = breast["test"].ravel()
     hits = sum(int((y_test[ix] == train[i].argmax()).sum()) for i, ix in enumerate(pa.indices["test"]))
-    assert row.local_majority_floor == pytest.approx(hits / len(y_test))
+    assert row.client_prior_floor == pytest.approx(hits / len(y_test))
     assert row.scheme == "dirichlet_label" and row["lambda"] == 0.5 and row.clients == 4
     md = out[1].read_text()
-    assert "local_majority_floor" in md and "| breastmnist |" in md
+    assert "client_prior_floor" in md and "| breastmnist |" in md
 
 
 def test_figure_f3(tmp_path, two_partitions):
@@ -157,3 +157,22 @@ def test_figure_f3(tmp_path, two_partitions):
     assert all(p.stat().st_size > 5000 for p in out)
     with pytest.raises(ValueError, match="one partition per dataset and lambda"):
         figure_f3(paths + paths[:1], _loader, tmp_path / "f3b")
+
+
+def test_f3_names_each_rows_classes_from_the_registry(two_partitions):
+    from fedmic.data.registry import DATASETS
+
+    paths, _, _ = two_partitions
+    fig = f3_figure(paths, _loader)
+    fig.canvas.draw()
+    rows = {}
+    for ax in fig.axes:
+        shown = [t.get_text() for t in ax.get_yticklabels() if t.get_visible() and t.get_text()]
+        if ax.yaxis.get_tick_params()["labelleft"] and ax.has_data():
+            rows.setdefault(ax.get_title().split(",")[0], shown)
+    assert rows["BreastMNIST"] == ["malignant", "normal, benign"]
+    retina = DATASETS["retinamnist"]["label"]
+    assert rows["RetinaMNIST"] == [retina[str(i)] for i in range(len(retina))]
+    # one panel of a row names the classes, the next leaves them to it
+    assert sum(1 for ax in fig.axes if ax.get_title().startswith("RetinaMNIST")
+               and ax.has_data() and ax.yaxis.get_tick_params()["labelleft"]) == 1

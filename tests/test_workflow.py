@@ -359,3 +359,26 @@ def test_workflow_reads_without_torch(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     from fedmic import grid
     assert job_counts(res.stdout)["train"] == len(grid.all_runs(yaml.safe_load((REPO / "config/demo.yaml").read_text())))
+
+
+def test_report_items_are_labelled_with_the_titles_of_their_captions():
+    """The HTML report lists each table and figure by what it shows, not as 'T1' or 'f3'."""
+    from fedmic import grid
+
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    titles = {}
+    for name in (*grid.TABLES, *grid.FIGURES):
+        caption = (REPO / "workflow" / "report" / f"{name}.rst").read_text()
+        labels = grid.report_labels(config, name, caption)
+        assert caption.startswith(f"**{labels['item']}")  # one title, in the caption and the list
+        assert labels["datasets"] and labels["λ"]
+        titles[name] = labels["item"]
+    assert titles["t1"] == "Table T1 — datasets and partitions"
+    assert titles["f3"].startswith("Figure F3 — Dirichlet partitions")
+    for name in grid.FIGURES[1:]:
+        # a figure's title says what it plots, beyond its file name
+        assert len(titles[name].partition(" — ")[2].split()) >= 3
+    with pytest.raises(ValueError, match="no bold title"):
+        grid.caption_title("Learning curves, without a title")
+    rules = (REPO / "workflow" / "rules" / "report.smk").read_text()
+    assert rules.count("labels=report_labels(_name)") == 2  # tables and figures both use them

@@ -3,10 +3,13 @@
 Each ``*_figure(tidy)`` returns the matplotlib Figure (tests inspect it); ``build`` saves it
 as PNG + PDF. One panel per setting that has runs (datasets in order, then λ...), laid out
 as datasets × the other values when every dataset has the same ones, else wrapped in rows:
-never an empty panel. Every arm has its own colour and marker, the same in every panel;
-FedMIC is drawn last, thicker and black, so it stands out; the client-prior floor is a
-dashed grey line. Curves are the mean over seeds, the band ± one std (ddof=1) where there
-are two seeds or more.
+never an empty panel. Every arm has its own colour and open marker, the same in every panel.
+Methods often tie (FedAvg and FedProx early on, personalised methods on the client-prior
+floor), so no line may cover another: FedMIC is a wide translucent black band drawn *under*
+the others, the other arms are thin lines with open markers on top (a tied arm's marker still
+shows around the other's), markers are staggered between arms on long runs, and the floor is
+a dashed grey line over everything. The legend sits outside the panels, on the right. Curves
+are the mean over seeds, the band ± one std (ddof=1) where there are two seeds or more.
 """
 from __future__ import annotations
 
@@ -25,22 +28,29 @@ ACC_LABEL = "Personalised test ACC"
 ROUND_LABEL = "Communication round"
 BYTES_LABEL = "Cumulative uplink + downlink (MB, log scale)"
 RANK_LABEL = "Kept rank (singular values)"
-FLOOR_LABEL = "client-prior floor"
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d", "8")
-HIGHLIGHT = {"color": "black", "lw": 2.6, "zorder": 5, "ms": 6}
+FLOOR_LABEL = v.PRIOR_FLOOR
+# distinct shapes first; FedMIC's star is kept for FedMIC
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "d", "p", "8", "H")
+# tab10 without its grey (the floor is grey), then darker extras for long method lists
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+           "#17becf", "#393b79", "#e7ba52", "#637939", "#843c39", "#7b4173")
+ARM = {"lw": 1.3, "mew": 1.2, "mfc": "none", "zorder": 4}
+# under the other arms: a tie shows the other arm's line inside FedMIC's band
+HIGHLIGHT = {"color": (0.0, 0.0, 0.0, 0.35), "lw": 5.0, "zorder": 2, "marker": "*", "ms": 11,
+             "mfc": "black", "mec": "black", "mew": 0.8}
+FLOOR = {"color": "0.3", "ls": (0, (5, 3)), "lw": 1.1, "zorder": 6}
 
 
 def styles(tidy: pd.DataFrame) -> dict[str, dict]:
-    """arm -> plot style: colour and marker both differ between any two arms."""
-    import matplotlib.pyplot as plt
-
-    arms = [a for a in v.arm_order(tidy)]
-    others = [a for a in arms if a != "fedmic"]
-    cmap = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
-    out = {a: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)], "lw": 1.4, "zorder": 3, "ms": 4}
-           for i, a in enumerate(others)}
-    if "fedmic" in arms:
-        out["fedmic"] = {**HIGHLIGHT, "marker": "*", "ms": 9}
+    """arm -> plot style: colour and marker both differ between any two arms (up to 14 besides
+    FedMIC); ``stagger`` shifts the arm's markers on long runs."""
+    others = [a for a in v.arm_order(tidy) if a != "fedmic"]
+    # earlier arms get larger open markers: where arms tie, the outlines nest instead of covering
+    sizes = np.linspace(8.5, 4.5, len(others)) if len(others) > 1 else [6.0]
+    out = {a: {**ARM, "color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)], "ms": float(sizes[i]),
+               "stagger": i} for i, a in enumerate(others)}
+    if "fedmic" in v.arm_order(tidy):
+        out["fedmic"] = {**HIGHLIGHT, "stagger": 0}
     return out
 
 
@@ -62,7 +72,9 @@ def _subplots(layout, w: float = 4.3, h: float = 3.3):
 
     n_rows = max(r for r, _, _ in layout) + 1
     n_cols = max(c for _, c, _ in layout) + 1
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(w * n_cols, h * n_rows + 0.9))
+    # constrained layout keeps room for the suptitle and the legend outside the panels
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(w * n_cols, h * n_rows + 0.5),
+                             layout="constrained")
     used = {(r, c) for r, c, _ in layout}
     for r in range(n_rows):
         for c in range(n_cols):
@@ -77,32 +89,37 @@ def _seed_stats(df: pd.DataFrame, x: str, y: str = "value") -> pd.DataFrame:
 
 
 def _line(ax, x, y, style: dict, label: str, n_points: int) -> None:
-    every = max(1, n_points // 10)  # about ten markers a line, so long runs stay readable
-    ax.plot(x, y, label=label, markevery=every, **style)
+    every = max(1, n_points // 6)  # about six markers a line, so long runs stay readable
+    style = dict(style)
+    offset = style.pop("stagger", 0) % every  # tied arms put their markers on different rounds
+    ax.plot(x, y, label=label, markevery=(offset, every), **style)
 
 
-def _finish(fig, axes, title: str) -> None:
-    handles = {}
-    for ax in fig.axes:
-        for hdl, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, hdl)
+def _finish(fig, title: str, handles: dict | None = None) -> None:
+    """Suptitle and one legend for all panels, outside them on the right (it never covers data)."""
+    if handles is None:
+        handles = {}
+        for ax in fig.axes:
+            for hdl, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, hdl)
     labels = sorted(handles, key=lambda lab: lab == FLOOR_LABEL)  # the floor after the arms
-    n_cols = min(len(labels), 6) or 1
-    n_leg_rows = -(-len(labels) // n_cols)
-    height = fig.get_size_inches()[1]
     fig.suptitle(title, fontsize=12)
-    # room for the legend below the panels: about a quarter inch a row
-    fig.tight_layout(rect=(0, (0.15 + 0.25 * n_leg_rows) / height, 1, 1 - 0.45 / height))
     if labels:
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=n_cols,
-                   frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.0))
+        width, height = fig.get_size_inches()
+        # about a quarter inch an entry: a second column where one would outgrow the figure
+        n_cols = 1 if len(labels) * 0.25 <= height - 0.6 else 2
+        legend = fig.legend([handles[lab] for lab in labels], labels, loc="outside right center", ncol=n_cols,
+                            frameon=False, fontsize=9)
+        # the legend gets its own width: the panels keep theirs
+        extra = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+        fig.set_size_inches(width + extra + 0.2, height)
 
 
 def _floor_line(ax, tidy_here: pd.DataFrame) -> None:
     floor = v.values(tidy_here, "run", "floor", ["client_prior_acc"])
     value = v.finite_mean(v.partition_floor(floor, "client_prior_acc"))
     if np.isfinite(value):
-        ax.axhline(value, color="0.45", ls="--", lw=1.2, label=FLOOR_LABEL, zorder=1)
+        ax.axhline(value, label=FLOOR_LABEL, **FLOOR)
 
 
 def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
@@ -143,12 +160,12 @@ def learning_curves_figure(tidy: pd.DataFrame):
             band = st["n"] >= 2
             if band.any():
                 ax.fill_between(st["round"][band], (st["mean"] - st["std"])[band], (st["mean"] + st["std"])[band],
-                                color=style[arm]["color"], alpha=0.15, lw=0)
+                                color=style[arm]["color"], alpha=0.12, lw=0, zorder=1)
         _floor_line(ax, tidy_here)
         ax.set_title(title, fontsize=10)
         _round_axis(ax, ACC_LABEL)
         ax.grid(True, lw=0.3, alpha=0.5)
-    _finish(fig, axes, "Learning curves: personalised test ACC (mean over seeds, band ± 1 std)")
+    _finish(fig, "Learning curves: personalised test ACC (mean over seeds, band ± 1 std)")
     return fig
 
 
@@ -172,7 +189,9 @@ def acc_vs_bytes_figure(tidy: pd.DataFrame):
             x, y = sub.groupby("round")["mb"].mean(), sub.groupby("round")["value"].mean()
             if not (x > 0).any():
                 if len(y) and np.isfinite(y.iloc[-1]):
-                    ax.axhline(y.iloc[-1], color=style[arm]["color"], ls=":", lw=1.5, label=f"{label} (no bytes)")
+                    # wider than the floor's dashes, which it often equals, so both stay in sight
+                    ax.axhline(y.iloc[-1], color=style[arm]["color"], ls=":", lw=2.4, zorder=3,
+                               label=f"{label} (no bytes)")
                 continue
             keep = x > 0
             _line(ax, x[keep], y[keep], style[arm], label, int(keep.sum()))
@@ -186,18 +205,25 @@ def acc_vs_bytes_figure(tidy: pd.DataFrame):
         ax.set_title(title, fontsize=10)
         ax.set(xlabel=BYTES_LABEL, ylabel=ACC_LABEL)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
-    _finish(fig, axes, "Personalised test ACC vs communication (mean over seeds, evaluated rounds)")
+    _finish(fig, "Personalised test ACC vs communication (mean over seeds, evaluated rounds)")
     return fig
 
 
 # --------------------------------------------------------------------------- SVD ranks
 
 
+UPLOAD_TEXT = "client upload (mean)"
+BROADCAST_TEXT = "server broadcast"
+
+
 def svd_ranks_figure(tidy: pd.DataFrame):
-    """Kept rank per layer over rounds for the runs that record ranks (FedMIC, FedKD): solid =
-    upload (mean over the round's clients, then seeds), dashed = the server's broadcast. One
-    panel per arm and setting, one colour per layer."""
+    """Kept rank per layer over rounds for the runs that record ranks (FedMIC, FedKD): a wide
+    pale line with open markers = upload (mean over the round's clients, then seeds), a dashed
+    line = the server's broadcast. One panel per arm and setting, one colour and marker per
+    layer; layers that keep the same rank dash in turn, so each stays in sight."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
 
     ranks = pd.concat([v.per_round(tidy, "comm", f"{kind}_rank", split=None).assign(kind=kind)
                        for kind in ("upload", "broadcast")])
@@ -215,23 +241,39 @@ def svd_ranks_figure(tidy: pd.DataFrame):
     n_cols = min(3, len(groups))
     layout = [(i // n_cols, i % n_cols, g) for i, g in enumerate(groups)]
     fig, axes = _subplots(layout)
-    layers = sorted(ranks["layer"].dropna().unique())
-    colours = {layer: plt.get_cmap("tab10")(i % 10) for i, layer in enumerate(layers)}
+    layers = sorted(ranks["layer"].dropna().unique(), key=v.layer_depth)  # input to output
+    n = len(layers)
+    colours = {layer: PALETTE[i % len(PALETTE)] for i, layer in enumerate(layers)}
+    markers = {layer: MARKERS[i % len(MARKERS)] for i, layer in enumerate(layers)}
+    sizes = np.linspace(8.5, 4.5, n) if n > 1 else [6.0]  # nested outlines where layers tie
+    # each layer's dash in its own slot of a cycle of up to four slots: tied layers dash in turn
+    dash, slots = 3.0, min(n, 4)
     for r, c, (s, arm) in layout:
         ax = axes[r, c]
         here = v.in_setting(ranks, dim_cols, s)
         here = here[here["arm"] == arm]
-        for layer in layers:
-            for kind, ls, suffix in (("upload", "-", ""), ("broadcast", "--", " (broadcast)")):
+        for i, layer in enumerate(layers):
+            for kind in ("upload", "broadcast"):
                 st = here[(here["layer"] == layer) & (here["kind"] == kind)].groupby("round")["value"].mean()
-                if len(st):
-                    ax.plot(st.index, st.values, color=colours[layer], ls=ls, lw=1.4,
-                            label=layer.removesuffix(".weight") + suffix)
+                if not len(st):
+                    continue
+                line = f"{v.pretty_layer(layer)} ({UPLOAD_TEXT if kind == 'upload' else BROADCAST_TEXT})"
+                if kind == "upload":
+                    ax.plot(st.index, st.values, label=line, color=to_rgba(colours[layer], 0.45), lw=3.0, zorder=2,
+                            marker=markers[layer], ms=float(sizes[i]), mfc="none", mec=colours[layer], mew=1.2,
+                            markevery=(i % max(1, len(st) // 6), max(1, len(st) // 6)))
+                else:
+                    ax.plot(st.index, st.values, label=line, color=colours[layer], lw=1.3, zorder=3,
+                            ls=((i % slots) * dash, (dash, dash * (slots - 1) if slots > 1 else dash)))
         label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
         ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)
         _round_axis(ax, RANK_LABEL)
         ax.grid(True, lw=0.3, alpha=0.5)
-    _finish(fig, axes, "Kept rank per layer (solid: client uploads, mean; dashed: server broadcast)")
+    handles = {v.pretty_layer(layer): Line2D([], [], color=colours[layer], marker=markers[layer], mfc="none",
+                                              lw=1.3) for layer in layers}
+    handles[UPLOAD_TEXT] = Line2D([], [], color=to_rgba("0.2", 0.45), lw=3.0)
+    handles[BROADCAST_TEXT] = Line2D([], [], color="0.2", lw=1.3, ls=(0, (dash, dash)))
+    _finish(fig, "Kept rank per layer (wide pale: client uploads, mean; dashed: server broadcast)", handles)
     return fig
 
 

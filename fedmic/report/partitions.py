@@ -14,7 +14,7 @@ import pandas as pd
 
 from fedmic.data.partition import Partition, load_partition
 from fedmic.report.io import save_figure, write_table
-from fedmic.report.views import pretty_dataset
+from fedmic.report.views import class_names, pretty_dataset
 
 LabelsLoader = Callable[[str], Mapping[str, np.ndarray]]
 
@@ -23,7 +23,7 @@ T1_COLUMNS = [
     "train", "val", "test",
     "train_min", "train_median", "train_max",
     "classes_mean", "classes_min", "classes_max",
-    "local_majority_floor", "global_majority_floor", "redraws",
+    "client_prior_floor", "global_majority_floor", "redraws",
 ]
 
 
@@ -69,13 +69,13 @@ def partition_summary(part: Partition, labels: Mapping[str, np.ndarray]) -> dict
         classes_min=int(held.min()), classes_max=int(held.max()),
     )
     if test is not None and test.sum() > 0:
-        # each client always predicts its own training majority class (ties: lowest id)
+        # the client prior's ACC: each client predicts its own training majority class (ties: lowest id)
         local_major = train.argmax(axis=1)
-        row["local_majority_floor"] = float(test[np.arange(part.clients), local_major].sum() / test.sum())
+        row["client_prior_floor"] = float(test[np.arange(part.clients), local_major].sum() / test.sum())
         global_major = int(train.sum(axis=0).argmax())
         row["global_majority_floor"] = float(test[:, global_major].sum() / test.sum())
     else:
-        row["local_majority_floor"] = row["global_majority_floor"] = float("nan")
+        row["client_prior_floor"] = row["global_majority_floor"] = float("nan")
     row["redraws"] = part.redraws
     return row
 
@@ -99,8 +99,9 @@ def table_t1(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem:
         "Datasets and partitions. train/val/test: images in the official splits, all "
         "assigned to clients. train_min/median/max: training images per client. "
         "classes_*: classes a client holds (at least one training image) across clients. "
-        "local_majority_floor: test accuracy if every client predicts its own training "
-        "majority class; global_majority_floor: the same with the global majority class. "
+        "client_prior_floor: test accuracy of the client-prior floor (each client outputs its "
+        "own training label distribution, i.e. predicts its own training majority class); "
+        "global_majority_floor: every client predicts the majority class of all training images. "
         "redraws: rejected Dirichlet draws before every client had min_size images."
     )
     return write_table(df, stem, caption, digits=3,
@@ -111,10 +112,23 @@ def _lam_label(lam: float) -> str:
     return f"{lam:g}"
 
 
+def _class_tick(name: str) -> str:
+    """A class name short enough for a tick label: at most two lines of about 26 characters."""
+    import textwrap
+
+    return textwrap.fill(name, width=26, max_lines=2, placeholder="…")
+
+
 def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem: str | Path,
               panel_width: float = 3.4) -> list[Path]:
+    """Write F3 (``f3_figure``) as ``<stem>.png/.pdf``."""
+    return save_figure(f3_figure(partition_paths, labels_loader, panel_width), stem)
+
+
+def f3_figure(partition_paths: Sequence[Path], labels_loader: LabelsLoader, panel_width: float = 3.4):
     """The paper's Figure 3: rows = datasets, columns = lambda, one bubble per
-    (client, class) with area proportional to the client's training images of it."""
+    (client, class) with area proportional to the client's training images of it; classes
+    by their names in the MedMNIST registry, on the first panel of each row."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -164,12 +178,19 @@ def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem
             ax.set_xlim(-0.8, part.clients - 0.2)
             ax.set_ylim(-0.6, part.n_classes - 0.4)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=min(part.n_classes, 11), integer=True))
+            ax.set_yticks(range(part.n_classes))
+            names = class_names(d)
+            if len(names) != part.n_classes:
+                raise ValueError(f"figure_f3: the partition of {d} has {part.n_classes} classes, the "
+                                 f"registry names {len(names)}; rerun the partition step")
             ax.set_title(f"{pretty_dataset(d)}, λ = {_lam_label(lam)}", fontsize=10)
             ax.set_xlabel("Client", fontsize=9)
             if not labelled:  # first drawn panel of the row, even when column 0 is empty
+                ax.set_yticklabels([_class_tick(n) for n in names], fontsize=8)
                 ax.set_ylabel("Class", fontsize=9)
                 labelled = True
+            else:  # the row's classes are named once, on its first panel
+                ax.tick_params(axis="y", labelleft=False)
             ax.tick_params(labelsize=8)
             ax.grid(True, linewidth=0.3, alpha=0.5)
             ax.set_axisbelow(True)
@@ -182,4 +203,4 @@ def figure_f3(partition_paths: Sequence[Path], labels_loader: LabelsLoader, stem
                            bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False,
                            labelspacing=1.2, borderpad=0.8)
     fig.tight_layout()
-    return save_figure(fig, stem)
+    return fig

@@ -5,8 +5,8 @@ Cells print mean ± std over seeds (ddof=1; one seed prints the mean alone); the
 of each column is bold within its setting, judged on the mean; ``n/a``: no value (an
 undefined AUC, no global model, no FedAvg to compare with); ``–``: not run. Every
 personalised result sits beside the client-prior floor of its setting (each client outputs
-its own training label distribution for every image: ACC = the local-majority floor, AUC
-0.5 per client) and Δ columns give each arm's margin over it, run by run on the run's own
+its own training label distribution for every image: ACC = each client's training-majority
+class, AUC 0.5 per client) and Δ columns give each arm's margin over it, run by run on the run's own
 partition. Personalised values are the run's reported ones (mean over its last ``last_k``
 evaluated rounds); ``select="valsel"`` uses the test value at the round chosen on the
 clients' validation sets instead.
@@ -28,8 +28,7 @@ NA = "n/a"
 ALPHA = 0.05  # two-sided level of T2's paired test
 TARGET_SHARE = 0.9  # T4: the target closes this share of the gap from the floor to FedAvg
 FLOAT32_BYTES = 4
-PRIOR_FLOOR = "client-prior floor"
-GLOBAL_FLOOR = "global-majority floor"
+PRIOR_FLOOR, GLOBAL_FLOOR = v.PRIOR_FLOOR, v.GLOBAL_FLOOR
 PERSONAL = ("acc", "auc", "f1", "auc_pooled", "acc_std", "acc_worst_decile")
 PRIOR = {"acc": "client_prior_acc", "auc": "client_prior_auc", "f1": "client_prior_f1"}
 FLOORS = ("client_prior_acc", "client_prior_auc", "client_prior_f1", "client_prior_auc_pooled",

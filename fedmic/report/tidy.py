@@ -1,7 +1,7 @@
 """Every run as one tidy long-format table: a row per run, round and metric.
 
 ``collect(run_paths)`` reads run JSONs (``fedmic-run/2``; ``/1`` is read with its pooled AUC
-as ``auc_pooled``, no per-client AUC, and its local-majority floor as the client prior's ACC,
+as ``auc_pooled``, no per-client AUC, and its ``local_majority_acc`` as the client prior's ACC,
 which it is by definition) and their timing sidecars; ``write``/``read`` store
 it as gzip-compressed CSV (``pd.read_csv("results.csv.gz")``, R's ``read.csv``). Every table
 and figure is a view over this frame. results/README.md documents the columns:

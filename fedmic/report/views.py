@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +27,11 @@ _HP_OFF = {
     "gpd": "w/o GPD (dense uploads)",
 }
 RUN_INFO = ["method", "model", "hp_changes", "partition_seed"]
+# the two floors, named alike in every table, figure, caption and doc: each client outputs its
+# own training label distribution (ACC = its training-majority class), for personalised results;
+# every client predicts the majority class of all training images, for the global model
+PRIOR_FLOOR = "client-prior floor"
+GLOBAL_FLOOR = "global-majority floor"
 
 
 def pretty_arm(arm: str, method: str | None = None) -> str:
@@ -41,6 +47,50 @@ def pretty_dataset(flag: str) -> str:
     from fedmic.data.registry import DATASETS
 
     return DATASETS.get(flag, {}).get("python_class", flag)
+
+
+def class_names(flag: str) -> list[str]:
+    """The registry's class names of a MedMNIST dataset, by class id."""
+    from fedmic.data.registry import DATASETS
+
+    if flag not in DATASETS:
+        raise ValueError(f"unknown MedMNIST dataset {flag!r}: no class names for it; choose one of "
+                         f"{', '.join(DATASETS)}")
+    names = DATASETS[flag]["label"]
+    return [names[k] for k in sorted(names, key=int)]
+
+
+def pretty_layer(name: str) -> str:
+    """A layer's parameter name as a reader says it: encoder.conv2.weight -> conv 2,
+    encoder.fc.weight -> fully connected, head.weight -> classifier head,
+    encoder.layers.3.conv1.weight -> block 4 conv 1, encoder.stem.0.weight -> stem conv."""
+    parts = name.removesuffix(".weight").split(".")
+    if parts and parts[0] == "encoder":
+        parts = parts[1:]
+    words, i = [], 0
+    while i < len(parts):
+        p = parts[i]
+        nxt = parts[i + 1] if i + 1 < len(parts) else None
+        if p in ("layers", "blocks") and nxt is not None and nxt.isdigit():
+            words.append(f"block {int(nxt) + 1}")
+            i += 2
+            continue
+        if p in ("stem", "shortcut") and nxt is not None and nxt.isdigit():
+            words.append(f"{p} conv")
+            i += 2
+            continue
+        m = re.fullmatch(r"(conv|fc|bn)(\d+)", p)
+        words.append({"head": "classifier head", "fc": "fully connected"}.get(p)
+                     or (f"{m.group(1)} {m.group(2)}" if m else p))
+        i += 1
+    return " ".join(words) or name
+
+
+def layer_depth(name: str) -> tuple:
+    """Sort key from input to output: the stem first, the head last, block 10 after block 9."""
+    parts = name.split(".")
+    rank = 0 if "stem" in parts else 2 if "head" in parts else 1
+    return rank, [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
 
 
 def fmt_value(v) -> str:

@@ -320,14 +320,9 @@ def report_inputs(name):
 
 
 def report_labels(name):
-    """Labels of a report item: what it is and which datasets and λ it covers."""
-    kind = "table" if name in grid.TABLES else "figure"
-    keys = [(k.dataset, k.lam) for k in grid.table_runs(config, "t2" if name in ("t1", "f3") else name)]
-    return {
-        kind: name.upper() if kind == "table" else name.replace("_", " "),
-        "datasets": ", ".join(dict.fromkeys(d for d, _ in keys)),
-        "λ": ", ".join(f"{l:g}" for l in sorted({l for _, l in keys})),
-    }
+    """Labels of a report item: its caption's title and which datasets and λ it covers."""
+    with open(workflow.source_path(f"../report/{name}.rst")) as caption:
+        return grid.report_labels(config, name, caption.read())
 
 
 def all_targets():
