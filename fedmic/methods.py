@@ -178,8 +178,9 @@ _METHODS = (
     ), rules=(_E_RULE,)),
     Method("fedproto", "FedProto", "fedproto:FedProto", personalised=True, hps=(
         number("lam", 1.0, "weight of the prototype loss lam * MSE(r, global prototype of y); 0 is Local", ge=0),
-        choice("inference", "proto", ("proto", "head"),
-               "a client's prediction: the nearest global prototype (the paper's) or its model's head"),
+        choice("inference", "own_prototypes", ("own_prototypes", "all_prototypes", "head"),
+               "a client's prediction: the nearest global prototype among the classes the client holds "
+               "(the authors' code), among every class with a prototype (the paper's text), or its model's head"),
         choice("proto_weighting", "counts", ("counts", "uniform"),
                "server average per class: weighted by image counts (the paper's) or uniform (the authors' code)"),
     )),
@@ -191,6 +192,12 @@ _METHODS = (
         flag("dec_distill", True, "decision-level distillation (ablation switch)"),
         flag("aux_matrices", True, "learnable maps between the two representation spaces; "
                                    "false: identity maps (needs equal widths)"),
+        choice("aux_on", "representation", ("representation", "decision", "both"),
+               "where the two auxiliary matrices act: between the representations (MSE terms), between "
+               "the logits (KL terms: the Figure 2 caption's reading), or a pair at each level"),
+        choice("teacher_start", "own", ("own", "broadcast"),
+               "a teacher's first weights: its own random initialisation, or the global student the "
+               "client receives in its first round (needs equal widths)"),
         *adaptive_weight(),
         flag("gpd", True, "global parameter decomposition (SVD both ways); false: dense weights both ways"),
         _E_START, _E_END,
@@ -200,7 +207,22 @@ _METHODS = (
                "what is factorised, both ways: the student's update (delta) or its weights (params: lossy)"),
         number("teacher_width", 1.0, "width multiplier of the private teacher", gt=0),
         number("student_width", 1.0, "width multiplier of the shared student", gt=0),
-    ), rules=(_E_RULE,)),
+    ), rules=(
+        _E_RULE,
+        Rule("aux_on needs aux_matrices", lambda hp, run: hp["aux_matrices"] or hp["aux_on"] == "representation",
+             "aux_on {hp[aux_on]!r} places auxiliary matrices but aux_matrices is false; "
+             "set aux_matrices: true, or leave aux_on at 'representation'"),
+        Rule("identity representation maps need equal widths",
+             lambda hp, run: hp["teacher_width"] == hp["student_width"] or (
+                 hp["aux_matrices"] and hp["aux_on"] != "decision"),
+             "teacher_width {hp[teacher_width]} and student_width {hp[student_width]} differ, so the "
+             "representations need auxiliary matrices between them; set equal widths, or aux_matrices: true "
+             "with aux_on 'representation' or 'both'"),
+        Rule("teacher_start broadcast needs equal widths",
+             lambda hp, run: hp["teacher_start"] == "own" or hp["teacher_width"] == hp["student_width"],
+             "teacher_start 'broadcast' copies the student into the teacher, but teacher_width "
+             "{hp[teacher_width]} != student_width {hp[student_width]}; set equal widths or teacher_start: own"),
+    )),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
