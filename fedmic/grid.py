@@ -174,7 +174,8 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         datasets, lams, seeds = _axes(config, "t3")
         sec = _section(config, "t3")
         arms = _check_arms(config, "t3", sec.get("arms", list(config["methods"])))
-        return [RunKey(d, l, _default_clients(config), float(j), a, s) for d in datasets for l in lams
+        clients = int(sec.get("clients", _default_clients(config)))
+        return [RunKey(d, l, clients, float(j), a, s) for d in datasets for l in lams
                 for j in sec.get("join_ratios", [0.1, 0.2, 0.5, 1.0]) for a in arms for s in seeds]
     if table == "t5":
         datasets, lams, seeds = _axes(config, "t5")
@@ -232,6 +233,7 @@ def run_config(config: dict, key: RunKey) -> RunConfig:
     arm = arms[key.arm]
     train = {k: v for k, v in config["train"].items()}
     train.update(arm["train"])
+    train.update(participation_schedule(config, key.join_ratio, train))
     d = dict(train, dataset=key.dataset, method=arm["method"], arm=key.arm, hp=arm["hp"], lam=key.lam,
              clients=key.clients, join_ratio=key.join_ratio, seed=key.seed,
              partition_seed=partition_seed(config, key.seed), scheme=partition_scheme(config, key.dataset),
@@ -241,6 +243,24 @@ def run_config(config: dict, key: RunKey) -> RunConfig:
     except ConfigError as e:
         raise ConfigError(f"{arm_origin(config, key.arm)}, run {key.dataset} lam={fmt(key.lam)} K={key.clients} "
                           f"join_ratio={fmt(key.join_ratio)} seed={key.seed}: {e}") from None
+
+
+def _round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def participation_schedule(config: dict, join_ratio: float, train: dict) -> dict:
+    """Rounds and evaluation interval of a run at another join ratio than the main runs' (T3's):
+    scaled by (main join ratio / join ratio), so a client trains about as often, and is scored
+    as many times, as in the main comparison (tables.t3.scale_rounds: false keeps them)."""
+    reference = _default_jr(config)
+    if join_ratio == reference or _section(config, "t3").get("scale_rounds", True) is False:
+        return {}
+    factor = reference / join_ratio
+    fields = RunConfig.__dataclass_fields__
+    rounds = int(train.get("rounds", fields["rounds"].default))
+    every = int(train.get("eval_every", fields["eval_every"].default))
+    return {"rounds": max(1, _round_half_up(rounds * factor)), "eval_every": max(1, _round_half_up(every * factor))}
 
 
 def identical_arms(config: dict, run_configs: dict[RunKey, RunConfig]) -> str | None:
