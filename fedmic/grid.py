@@ -16,10 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tuning
 from .config import ConfigError, RunConfig
 from .methods import METHODS
 
-TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9")
+TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "tuning")
 FIGURES = ("f3", "learning_curves", "acc_vs_bytes", "svd_ranks")
 SENSITIVITY_PARAMS = ("energy", "tau", "alpha", "beta")
 
@@ -121,9 +122,55 @@ def table_base(config: dict, table: str) -> str:
     return base
 
 
+def tuning_section(config: dict) -> dict:
+    """The `tuning:` section, or {} when tuning is off (absent, or enabled: false)."""
+    sec = config.get("tuning") or {}
+    return sec if sec and sec.get("enabled", True) is not False else {}
+
+
+def tuned_base_arms(config: dict) -> list[str]:
+    sec = tuning_section(config)
+    if not sec:
+        return []
+    names = sec.get("arms", list(config["methods"]))
+    for a in names:
+        if a not in config["methods"]:
+            raise ConfigError(f"tuning.arms: unknown arm {a!r}; it must be one of methods: {', '.join(config['methods'])}")
+    return list(names)
+
+
+def trial_arms(config: dict) -> dict[str, dict]:
+    """One arm per (tuned arm, trial): the arm's settings, the trial's lr and hyperparameters, and
+    the tuning rounds (fedmic/tuning.py)."""
+    sec = tuning_section(config)
+    arms = {}
+    for name in tuned_base_arms(config):
+        spec = base_arms(config)[name]
+        for t, trial in enumerate(tuning.trial_settings(spec["method"], name, spec["hp"], int(sec["budget"]),
+                                                        int(sec["seed"]))):
+            train = {**spec["train"], "rounds": int(sec["rounds"])}
+            if trial["lr"] is not None:
+                train["lr"] = trial["lr"]
+            arms[tuning.trial_arm(name, t)] = {"method": spec["method"], "hp": {**spec["hp"], **trial["hp"]},
+                                               "train": train}
+    return arms
+
+
+def tuned_arms(config: dict) -> dict[str, dict]:
+    """`<arm>-tuned` for every tuned arm: its settings with the selected lr and hyperparameters
+    (read by the workflow from the selection file; `run_config(..., selection=...)`)."""
+    return {tuning.tuned_arm(name): {**base_arms(config)[name], "tuned_from": name}
+            for name in tuned_base_arms(config)}
+
+
+def tuned_from(config: dict, arm: str) -> str | None:
+    """The arm whose selection `arm` runs with (None: not a tuned arm)."""
+    return all_arms(config).get(arm, {}).get("tuned_from")
+
+
 def all_arms(config: dict) -> dict[str, dict]:
     arms = base_arms(config)
-    for extra in (ablation_arms(config), sensitivity_arms(config)):
+    for extra in (ablation_arms(config), sensitivity_arms(config), trial_arms(config), tuned_arms(config)):
         for name, spec in extra.items():
             if name in arms and arms[name] != spec:
                 raise ConfigError(f"arm name {name!r} is defined twice with different settings; rename one")
@@ -193,17 +240,64 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         arms = _check_arms(config, "t7", sec.get("arms", list(config["methods"])))
         return [RunKey(d, l, int(k), _default_jr(config), a, s) for d in datasets for l in lams
                 for k in sec.get("clients", [10, 20, 50, 100]) for a in arms for s in seeds]
+    if table == "tuning":
+        return tuning_runs(config)
     raise ConfigError(f"unknown table {table!r}; choose one of {', '.join(TABLES + FIGURES)}")
 
 
 def enabled(config: dict, name: str) -> bool:
-    """A table/figure is built unless its section says `enabled: false`."""
+    """A table/figure is built unless its section says `enabled: false` (the tuning table: only
+    when the config tunes)."""
+    if name == "tuning" and not tuning_section(config):
+        return False
     return _section(config, name).get("enabled", True) is not False
 
 
+def tuning_runs(config: dict, arm: str | None = None, dataset: str | None = None,
+                lam: float | None = None) -> list[RunKey]:
+    """The trial runs (all, or those of one arm at one dataset and lambda): every tuned arm at
+    every (dataset, lambda) of T2, with T2's clients and join ratio, on the tuning seed."""
+    sec = tuning_section(config)
+    if not sec:
+        return []
+    datasets, lams, _ = _axes(config, "t2")
+    return [RunKey(d, l, _default_clients(config), _default_jr(config), tuning.trial_arm(a, t), int(sec["seed"]))
+            for d in datasets for l in lams for a in tuned_base_arms(config) for t in range(int(sec["budget"]))
+            if (arm is None or a == arm) and (dataset is None or d == dataset) and (lam is None or l == lam)]
+
+
+def selection_wildcards(config: dict, arm: str, dataset: str, lam: float) -> dict[str, str]:
+    """The selection of `arm` at (dataset, lambda): made from the trials at T2's clients and join
+    ratio, and used by the arm's tuned runs at every client count and join ratio."""
+    return {"dataset": dataset, "lam": fmt(lam), "clients": str(_default_clients(config)),
+            "jr": fmt(_default_jr(config)), "arm": arm}
+
+
+def selection_path(config: dict, arm: str, dataset: str, lam: float) -> str:
+    """Where the workflow writes the selection of `arm` at (dataset, lambda)."""
+    w = selection_wildcards(config, arm, dataset, lam)
+    return f"{config['results']}/tuning/{w['dataset']}/lam{w['lam']}_K{w['clients']}_jr{w['jr']}/{w['arm']}.json"
+
+
+def tuning_problem(config: dict) -> str | None:
+    """The tuning seed must not be a reported seed (the selection would then have seen the runs
+    it is reported with)."""
+    sec = tuning_section(config)
+    if not sec:
+        return None
+    reported = set(int(s) for s in config["seeds"])
+    for name in TABLES:
+        reported |= {int(s) for s in _section(config, name).get("seeds", [])}
+    if int(sec["seed"]) in reported:
+        return (f"tuning.seed {sec['seed']} is also a reported seed; tune on a seed of its own "
+                f"(reported: {', '.join(map(str, sorted(reported)))})")
+    return None
+
+
 def all_runs(config: dict) -> list[RunKey]:
-    """Every run an enabled table or figure reads (T1 and F3 read partitions only)."""
-    keys = set()
+    """Every run an enabled table or figure reads (T1 and F3 read partitions only), and every
+    tuning trial."""
+    keys = set(tuning_runs(config))
     for t in TABLES + FIGURES:
         if t not in ("t1", "f3") and enabled(config, t):
             keys.update(table_runs(config, t))
@@ -222,15 +316,26 @@ def arm_origin(config: dict, arm: str) -> str:
         return f"methods.{arm}"
     if arm in ablation_arms(config):
         return f"tables.t5.arms.{arm}"
+    if arm in trial_arms(config) or arm in tuned_arms(config):
+        return f"tuning (arm {arm})"
     return f"tables.t6 (a variant of {table_base(config, 't6')!r})"
 
 
-def run_config(config: dict, key: RunKey) -> RunConfig:
-    """The full RunConfig of one run (validated: a bad value fails at DAG-build time)."""
+def run_config(config: dict, key: RunKey, selection: dict | None = None) -> RunConfig:
+    """The full RunConfig of one run (validated: a bad value fails at DAG-build time). A tuned
+    arm's run needs its `selection` ({"lr", "hp"}, fedmic/tuning.py; {"lr": None, "hp": {}}
+    checks the arm's own settings before any selection exists)."""
     arms = all_arms(config)
     if key.arm not in arms:
         raise ConfigError(f"unknown arm {key.arm!r}; defined arms: {', '.join(sorted(arms))}")
-    arm = arms[key.arm]
+    arm = copy.deepcopy(arms[key.arm])
+    if "tuned_from" in arm:
+        if selection is None:
+            raise ConfigError(f"run {key}: arm {key.arm!r} runs with the selection of {arm['tuned_from']!r}, "
+                              "which this call did not get")
+        arm["hp"].update(selection["hp"])
+        if selection["lr"] is not None:
+            arm["train"]["lr"] = selection["lr"]
     train = {k: v for k, v in config["train"].items()}
     train.update(arm["train"])
     train.update(participation_schedule(config, key.join_ratio, train))
@@ -383,6 +488,11 @@ def code_files(method: str) -> list[str]:
 def _run_code(module: str) -> tuple[str, ...]:
     files = import_closure(PACKAGE / "engine.py", PACKAGE / "algorithms" / f"{module}.py")
     return tuple(sorted(str(f) for f in files if str(f.relative_to(PACKAGE)) not in NOT_RUN_CODE))
+
+
+def selection_code_files() -> list[str]:
+    """What `fedmic select` runs: a change of the selection rule selects again."""
+    return sorted(str(f) for f in import_closure(PACKAGE / "tuning.py", PACKAGE / "report" / "tidy.py"))
 
 
 def report_code_files() -> list[str]:
