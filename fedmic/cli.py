@@ -108,6 +108,8 @@ def cmd_train(a):
         raise ConfigError(f"this fedmic ({__version__}, {Path(__file__).parent}) makes the run's fingerprint "
                           f"{cfg.fingerprint()}, the workflow planned {a.fingerprint}: the job runs another fedmic "
                           "than Snakemake does; install the same version in both (or drop --fingerprint)")
+    if a.selection:
+        check_selected(cfg, a.selection)
     from .engine import Simulation, timing_path  # torch: only once the config is known to be good
     check_device(cfg.device)
     out = Path(a.out)
@@ -123,6 +125,17 @@ def cmd_train(a):
                  s["uplink_per_round"])
 
 
+def check_selected(cfg: RunConfig, path: str) -> None:
+    """A tuned run must run with its selection's learning rate and hyperparameters."""
+    from .methods import resolve_hp
+    from .tuning import read_selection
+    sel = read_selection(path)
+    want = resolve_hp(cfg.method, {**cfg.hp, **sel["hp"]})
+    if cfg.lr != sel["lr"] or cfg.resolved_hp() != want:
+        raise ConfigError(f"the run's settings (lr {cfg.lr}, hp {cfg.hp}) are not the selection in {path} "
+                          f"(lr {sel['lr']}, hp {sel['hp']}); rerun the workflow, which reads the selection")
+
+
 def cmd_table(a):
     from .report import build_table
     build_table(a.name, a.inputs, a.out, root=a.root, target=a.target)
@@ -136,6 +149,17 @@ def cmd_figure(a):
 def cmd_collect(a):
     from .report import collect
     collect(a.inputs, a.out, a.provenance, json.loads(a.config) if a.config else None, a.source)
+
+
+def cmd_select(a):
+    from .report import tidy
+    from .tuning import select
+    from .utils import atomic_write_text
+    sel = select(tidy.collect(a.inputs))
+    atomic_write_text(a.out, json.dumps(sel, indent=1, sort_keys=True) + "\n")
+    c = sel["chosen"]
+    logging.info("%s: %s trial %d of %d (validation %.4f): lr %s, hp %s", a.out, sel["arm"], c["trial"],
+                 len(sel["trials"]), c["score"], c["lr"], c["hp"])
 
 
 class Parser(argparse.ArgumentParser):
@@ -194,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fingerprint", help="refuse to run unless the config's fingerprint is this (the workflow's check)")
     p.add_argument("--tensorboard", metavar="DIR", help="also write each round's scalars (seconds, ACC, bytes, loss) "
                    "as TensorBoard events in DIR; needs pip install 'fedmic[tensorboard]'")
+    p.add_argument("--selection", help="a tuning selection the run's lr and hyperparameters must equal (the workflow's check)")
     kinds = {f.name: f.type for f in fields(RunConfig)}
     for name in RunConfig.EXECUTION_FIELDS:
         flag = "--" + name.replace("_", "-")
@@ -210,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the resolved workflow configuration (JSON) for the record")
     p.add_argument("--source", help="where the workflow came from (path @ commit, or its git URL)")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("select", help="choose one arm's hyperparameters from its tuning trials, on validation only")
+    p.add_argument("--inputs", nargs="+", required=True, help="the trial run JSONs of one arm at one dataset and lambda")
+    p.add_argument("--out", required=True, help="selection JSON to write")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("flower", help="deploy on Flower: the Flower app, test credentials, a byte-counting proxy "
                                       "(docs/deploy.md)")

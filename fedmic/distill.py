@@ -1,4 +1,4 @@
-"""Dual knowledge distillation losses (SPEC 1.1).
+"""Dual knowledge distillation losses (docs/method.md 1.1).
 
 Each model learns from the other's detached outputs, so the teacher loss has gradients only
 in the teacher (and A_TS) and the student loss only in the student (and A_ST). Summing both
@@ -19,9 +19,12 @@ class DistillSwitches:
     adaptive: bool = True   # divide distillation terms by (CE_T + CE_S), detached and capped (FedKD)
 
 
-def decision_kd(z_learner: torch.Tensor, z_source: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau^2 KL(softmax(z_source/tau) || softmax(z_learner/tau)); the source is detached."""
-    target = F.softmax(z_source.detach() / tau, dim=1)
+def decision_kd(z_learner: torch.Tensor, z_source: torch.Tensor, tau: float, proj=None) -> torch.Tensor:
+    """tau^2 KL(softmax(proj(z_source)/tau) || softmax(z_learner/tau)); the source is detached
+    before `proj` (a learnable map of the logits, or None), so the map learns from the learner's
+    loss and the source model gets no gradient."""
+    source = z_source.detach()
+    target = F.softmax((source if proj is None else proj(source)) / tau, dim=1)
     return tau * tau * F.kl_div(F.log_softmax(z_learner / tau, dim=1), target, reduction="batchmean")
 
 
@@ -42,17 +45,19 @@ def adaptive_weight(ce_t: torch.Tensor, ce_s: torch.Tensor, max_weight: float) -
 
 
 def dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, alpha: float, beta: float, tau: float,
-                   sw: DistillSwitches, max_weight: float = 10.0) -> dict[str, torch.Tensor]:
+                   sw: DistillSwitches, max_weight: float = 10.0, d_ts=None, d_st=None) -> dict[str, torch.Tensor]:
     """All terms of the teacher and student losses. `a_ts` maps student representations into
     the teacher's space, `a_st` the reverse (callables; identity when auxiliary matrices are off).
     `a_st=None`: one shared projection (FedKD): both directions compare in the teacher's space,
-    the student's term being MSE(a_ts(r_s), r_t) with r_t detached. `weight` is returned too
-    (the adaptive weight, or 1), so callers and tests can see it."""
+    the student's term being MSE(a_ts(r_s), r_t) with r_t detached. `d_ts`, `d_st`: the same for
+    the decision level (maps of the logits, student's into the teacher's and the reverse; None:
+    the logits are compared as they are, docs/method.md 1.1). `weight` is returned too (the
+    adaptive weight, or 1), so callers and tests can see it."""
     ce_t = F.cross_entropy(z_t, y)
     ce_s = F.cross_entropy(z_s, y)
     zero = z_t.new_zeros(())
-    dec_t = decision_kd(z_t, z_s, tau) if sw.dec else zero
-    dec_s = decision_kd(z_s, z_t, tau) if sw.dec else zero
+    dec_t = decision_kd(z_t, z_s, tau, d_ts) if sw.dec else zero
+    dec_s = decision_kd(z_s, z_t, tau, d_st) if sw.dec else zero
     rep_t = representation_kd(r_t, r_s, a_ts) if sw.rep else zero
     if a_st is None:
         rep_s = representation_kd(a_ts(r_s), r_t, _identity) if sw.rep else zero

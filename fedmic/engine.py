@@ -128,9 +128,9 @@ def make_algorithm(cfg: RunConfig, ctx: Context):
     return get_algorithm(cfg.method)(ctx)
 
 
-def init_client_state(algo, cfg: RunConfig, cid: int) -> dict:
+def init_client_state(algo, cfg: RunConfig, cid: int, data: ClientData) -> dict:
     torch.manual_seed(derive_seed(cfg.seed, "init", cid))
-    return algo.init_client(cid)
+    return algo.init_client(cid, data)
 
 
 class ClientReply(NamedTuple):
@@ -207,7 +207,7 @@ class Simulation:
 
     # --- the clients, in this process (fedmic/flower/server_app.py: behind Flower messages) ---
     def init_clients(self) -> list:
-        return [init_client_state(self.algo, self.cfg, cid) for cid in range(self.cfg.clients)]
+        return [init_client_state(self.algo, self.cfg, cid, self.train[cid]) for cid in range(self.cfg.clients)]
 
     def train_clients(self, rnd: int, sampled: list[int], downlink) -> dict[int, ClientReply]:
         """Each sampled client's reply to round `rnd`; `downlink(cid)` is what it receives. A

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tuning
 from .config import ConfigError, RunConfig
 from .methods import METHODS
 
-TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9")
+TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "tuning")
 FIGURES = ("f3", "learning_curves", "acc_vs_bytes", "svd_ranks")
 SENSITIVITY_PARAMS = ("energy", "tau", "alpha", "beta")
 
@@ -128,9 +129,55 @@ def table_base(config: dict, table: str) -> str:
     return base
 
 
+def tuning_section(config: dict) -> dict:
+    """The `tuning:` section, or {} when tuning is off (absent, or enabled: false)."""
+    sec = config.get("tuning") or {}
+    return sec if sec and sec.get("enabled", True) is not False else {}
+
+
+def tuned_base_arms(config: dict) -> list[str]:
+    sec = tuning_section(config)
+    if not sec:
+        return []
+    names = sec.get("arms", list(config["methods"]))
+    for a in names:
+        if a not in config["methods"]:
+            raise ConfigError(f"tuning.arms: unknown arm {a!r}; it must be one of methods: {', '.join(config['methods'])}")
+    return list(names)
+
+
+def trial_arms(config: dict) -> dict[str, dict]:
+    """One arm per (tuned arm, trial): the arm's settings, the trial's lr and hyperparameters, and
+    the tuning rounds (fedmic/tuning.py)."""
+    sec = tuning_section(config)
+    arms = {}
+    for name in tuned_base_arms(config):
+        spec = base_arms(config)[name]
+        for t, trial in enumerate(tuning.trial_settings(spec["method"], name, spec["hp"], int(sec["budget"]),
+                                                        int(sec["seed"]))):
+            train = {**spec["train"], "rounds": int(sec["rounds"])}
+            if trial["lr"] is not None:
+                train["lr"] = trial["lr"]
+            arms[tuning.trial_arm(name, t)] = {"method": spec["method"], "hp": {**spec["hp"], **trial["hp"]},
+                                               "train": train}
+    return arms
+
+
+def tuned_arms(config: dict) -> dict[str, dict]:
+    """`<arm>-tuned` for every tuned arm: its settings with the selected lr and hyperparameters
+    (read by the workflow from the selection file; `run_config(..., selection=...)`)."""
+    return {tuning.tuned_arm(name): {**base_arms(config)[name], "tuned_from": name}
+            for name in tuned_base_arms(config)}
+
+
+def tuned_from(config: dict, arm: str) -> str | None:
+    """The arm whose selection `arm` runs with (None: not a tuned arm)."""
+    return all_arms(config).get(arm, {}).get("tuned_from")
+
+
 def all_arms(config: dict) -> dict[str, dict]:
     arms = base_arms(config)
-    for extra in (ablation_arms(config), sensitivity_arms(config)):
+    for extra in (ablation_arms(config), sensitivity_arms(config), trial_arms(config), tuned_arms(config)):
         for name, spec in extra.items():
             if name in arms and arms[name] != spec:
                 raise ConfigError(f"arm name {name!r} is defined twice with different settings; rename one")
@@ -181,7 +228,8 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         datasets, lams, seeds = _axes(config, "t3")
         sec = _section(config, "t3")
         arms = _check_arms(config, "t3", sec.get("arms", list(config["methods"])))
-        return [RunKey(d, l, _default_clients(config), float(j), a, s) for d in datasets for l in lams
+        clients = int(sec.get("clients", _default_clients(config)))
+        return [RunKey(d, l, clients, float(j), a, s) for d in datasets for l in lams
                 for j in sec.get("join_ratios", [0.1, 0.2, 0.5, 1.0]) for a in arms for s in seeds]
     if table == "t5":
         datasets, lams, seeds = _axes(config, "t5")
@@ -199,6 +247,8 @@ def table_runs(config: dict, table: str) -> list[RunKey]:
         arms = _check_arms(config, "t7", sec.get("arms", list(config["methods"])))
         return [RunKey(d, l, int(k), _default_jr(config), a, s) for d in datasets for l in lams
                 for k in sec.get("clients", [10, 20, 50, 100]) for a in arms for s in seeds]
+    if table == "tuning":
+        return tuning_runs(config)
     raise ConfigError(f"unknown table {table!r}; choose one of {', '.join(TABLES + FIGURES)}")
 
 
@@ -222,13 +272,58 @@ def report_labels(config: dict, name: str, caption: str) -> dict[str, str]:
 
 
 def enabled(config: dict, name: str) -> bool:
-    """A table/figure is built unless its section says `enabled: false`."""
+    """A table/figure is built unless its section says `enabled: false` (the tuning table: only
+    when the config tunes)."""
+    if name == "tuning" and not tuning_section(config):
+        return False
     return _section(config, name).get("enabled", True) is not False
 
 
+def tuning_runs(config: dict, arm: str | None = None, dataset: str | None = None,
+                lam: float | None = None) -> list[RunKey]:
+    """The trial runs (all, or those of one arm at one dataset and lambda): every tuned arm at
+    every (dataset, lambda) of T2, with T2's clients and join ratio, on the tuning seed."""
+    sec = tuning_section(config)
+    if not sec:
+        return []
+    datasets, lams, _ = _axes(config, "t2")
+    return [RunKey(d, l, _default_clients(config), _default_jr(config), tuning.trial_arm(a, t), int(sec["seed"]))
+            for d in datasets for l in lams for a in tuned_base_arms(config) for t in range(int(sec["budget"]))
+            if (arm is None or a == arm) and (dataset is None or d == dataset) and (lam is None or l == lam)]
+
+
+def selection_wildcards(config: dict, arm: str, dataset: str, lam: float) -> dict[str, str]:
+    """The selection of `arm` at (dataset, lambda): made from the trials at T2's clients and join
+    ratio, and used by the arm's tuned runs at every client count and join ratio."""
+    return {"dataset": dataset, "lam": fmt(lam), "clients": str(_default_clients(config)),
+            "jr": fmt(_default_jr(config)), "arm": arm}
+
+
+def selection_path(config: dict, arm: str, dataset: str, lam: float) -> str:
+    """Where the workflow writes the selection of `arm` at (dataset, lambda)."""
+    w = selection_wildcards(config, arm, dataset, lam)
+    return f"{config['results']}/tuning/{w['dataset']}/lam{w['lam']}_K{w['clients']}_jr{w['jr']}/{w['arm']}.json"
+
+
+def tuning_problem(config: dict) -> str | None:
+    """The tuning seed must not be a reported seed (the selection would then have seen the runs
+    it is reported with)."""
+    sec = tuning_section(config)
+    if not sec:
+        return None
+    reported = set(int(s) for s in config["seeds"])
+    for name in TABLES:
+        reported |= {int(s) for s in _section(config, name).get("seeds", [])}
+    if int(sec["seed"]) in reported:
+        return (f"tuning.seed {sec['seed']} is also a reported seed; tune on a seed of its own "
+                f"(reported: {', '.join(map(str, sorted(reported)))})")
+    return None
+
+
 def all_runs(config: dict) -> list[RunKey]:
-    """Every run an enabled table or figure reads (T1 and F3 read partitions only)."""
-    keys = set()
+    """Every run an enabled table or figure reads (T1 and F3 read partitions only), and every
+    tuning trial."""
+    keys = set(tuning_runs(config))
     for t in TABLES + FIGURES:
         if t not in ("t1", "f3") and enabled(config, t):
             keys.update(table_runs(config, t))
@@ -247,17 +342,29 @@ def arm_origin(config: dict, arm: str) -> str:
         return f"methods.{arm}"
     if arm in ablation_arms(config):
         return f"tables.t5.arms.{arm}"
+    if arm in trial_arms(config) or arm in tuned_arms(config):
+        return f"tuning (arm {arm})"
     return f"tables.t6 (a variant of {table_base(config, 't6')!r})"
 
 
-def run_config(config: dict, key: RunKey) -> RunConfig:
-    """The full RunConfig of one run (validated: a bad value fails at DAG-build time)."""
+def run_config(config: dict, key: RunKey, selection: dict | None = None) -> RunConfig:
+    """The full RunConfig of one run (validated: a bad value fails at DAG-build time). A tuned
+    arm's run needs its `selection` ({"lr", "hp"}, fedmic/tuning.py; {"lr": None, "hp": {}}
+    checks the arm's own settings before any selection exists)."""
     arms = all_arms(config)
     if key.arm not in arms:
         raise ConfigError(f"unknown arm {key.arm!r}; defined arms: {', '.join(sorted(arms))}")
-    arm = arms[key.arm]
+    arm = copy.deepcopy(arms[key.arm])
+    if "tuned_from" in arm:
+        if selection is None:
+            raise ConfigError(f"run {key}: arm {key.arm!r} runs with the selection of {arm['tuned_from']!r}, "
+                              "which this call did not get")
+        arm["hp"].update(selection["hp"])
+        if selection["lr"] is not None:
+            arm["train"]["lr"] = selection["lr"]
     train = {k: v for k, v in config["train"].items()}
     train.update(arm["train"])
+    train.update(participation_schedule(config, key.join_ratio, train))
     d = dict(train, dataset=key.dataset, method=arm["method"], arm=key.arm, hp=arm["hp"], lam=key.lam,
              clients=key.clients, join_ratio=key.join_ratio, seed=key.seed,
              partition_seed=partition_seed(config, key.seed), scheme=partition_scheme(config, key.dataset),
@@ -267,6 +374,24 @@ def run_config(config: dict, key: RunKey) -> RunConfig:
     except ConfigError as e:
         raise ConfigError(f"{arm_origin(config, key.arm)}, run {key.dataset} lam={fmt(key.lam)} K={key.clients} "
                           f"join_ratio={fmt(key.join_ratio)} seed={key.seed}: {e}") from None
+
+
+def _round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def participation_schedule(config: dict, join_ratio: float, train: dict) -> dict:
+    """Rounds and evaluation interval of a run at another join ratio than the main runs' (T3's):
+    scaled by (main join ratio / join ratio), so a client trains about as often, and is scored
+    as many times, as in the main comparison (tables.t3.scale_rounds: false keeps them)."""
+    reference = _default_jr(config)
+    if join_ratio == reference or _section(config, "t3").get("scale_rounds", True) is False:
+        return {}
+    factor = reference / join_ratio
+    fields = RunConfig.__dataclass_fields__
+    rounds = int(train.get("rounds", fields["rounds"].default))
+    every = int(train.get("eval_every", fields["eval_every"].default))
+    return {"rounds": max(1, _round_half_up(rounds * factor)), "eval_every": max(1, _round_half_up(every * factor))}
 
 
 def identical_arms(config: dict, run_configs: dict[RunKey, RunConfig]) -> str | None:
@@ -389,6 +514,11 @@ def code_files(method: str) -> list[str]:
 def _run_code(module: str) -> tuple[str, ...]:
     files = import_closure(PACKAGE / "engine.py", PACKAGE / "algorithms" / f"{module}.py")
     return tuple(sorted(str(f) for f in files if str(f.relative_to(PACKAGE)) not in NOT_RUN_CODE))
+
+
+def selection_code_files() -> list[str]:
+    """What `fedmic select` runs: a change of the selection rule selects again."""
+    return sorted(str(f) for f in import_closure(PACKAGE / "tuning.py", PACKAGE / "report" / "tidy.py"))
 
 
 def report_code_files() -> list[str]:

@@ -23,6 +23,49 @@ _KINDS = {float: "a number", int: "an integer", bool: "true or false", str: "a s
 
 
 @dataclass(frozen=True)
+class Space:
+    """Where tuning draws a hyperparameter from (docs/tuning.md): `choices`, or the range
+    [low, high], on a log scale when `log` (rates and weights spanning decades); integers for an
+    integer hyperparameter."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def draw(self, rng, kind: type):
+        if self.choices:
+            return self.choices[int(rng.integers(len(self.choices)))]
+        if kind is int:
+            return int(rng.integers(int(self.low), int(self.high) + 1))
+        u = float(rng.random())
+        x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))) if self.log \
+            else self.low + u * (self.high - self.low)
+        return float(f"{x:.3g}")  # 3 significant digits: values a reader can type back
+
+    def text(self) -> str:
+        if self.choices:
+            return "{" + ", ".join(str(c) for c in self.choices) + "}"
+        return f"{'log-uniform' if self.log else 'uniform'} [{self.low:g}, {self.high:g}]"
+
+
+def log_range(low, high) -> Space:
+    return Space(low, high, log=True)
+
+
+def uniform(low, high) -> Space:
+    return Space(low, high)
+
+
+def one_of(*choices) -> Space:
+    return Space(choices=tuple(choices))
+
+
+# Every method's learning rate is tuned over the same space (a train setting, not a method's).
+LR_SPACE = log_range(0.005, 0.2)
+
+
+@dataclass(frozen=True)
 class HP:
     """One hyperparameter. Bounds: `gt`/`ge` below, `lt`/`le` above; `choices` for strings;
     `nullable`: null is allowed (its meaning is said in `meaning`)."""
@@ -37,6 +80,7 @@ class HP:
     le: float | None = None
     choices: tuple = ()
     nullable: bool = False
+    space: Space | None = None  # what tuning searches (None: not tuned)
 
     def rule(self) -> str:
         """What a valid value is, in words ('a number in (0, 1]', "'delta' or 'params'")."""
@@ -100,12 +144,12 @@ class Method:
         return {h.name: h for h in self.hps}
 
 
-def number(name, default, meaning, **bounds) -> HP:
-    return HP(name, float, default, meaning, **bounds)
+def number(name, default, meaning, space=None, **bounds) -> HP:
+    return HP(name, float, default, meaning, space=space, **bounds)
 
 
-def integer(name, default, meaning, **bounds) -> HP:
-    return HP(name, int, default, meaning, **bounds)
+def integer(name, default, meaning, space=None, **bounds) -> HP:
+    return HP(name, int, default, meaning, space=space, **bounds)
 
 
 def flag(name, default, meaning) -> HP:
@@ -137,7 +181,7 @@ _METHODS = (
     Method("fedavg", "FedAvg", "fedavg:FedAvg"),
     Method("fedprox", "FedProx", "fedprox:FedProx", hps=(
         number("mu", 0.01, "proximal weight: loss + mu/2 ||w - w_global||^2 (the paper tunes it over "
-                           "0.001-1; 0 is FedAvg)", ge=0),
+                           "0.001-1; 0 is FedAvg)", space=log_range(0.001, 1.0), ge=0),
     )),
     Method("fedbn", "FedBN", "fedbn:FedBN", personalised=True, rules=(
         Rule("needs a model with batch norm", lambda hp, run: run.get("model") in ("cnn_bn", "resnet18"),
@@ -147,28 +191,34 @@ _METHODS = (
     Method("fedper", "FedPer", "fedper:FedPer", personalised=True),
     Method("fedrep", "FedRep", "fedrep:FedRep", personalised=True, hps=(
         integer("head_epochs", 10, "epochs on the head (encoder frozen) before the encoder's "
-                                   "local_epochs (the paper: 10 per representation epoch)", ge=1),
+                                   "local_epochs (the paper: 10 per representation epoch)",
+                space=Space(1, 10), ge=1),
     )),
     Method("ditto", "Ditto", "ditto:Ditto", personalised=True, hps=(
-        number("lam", 0.1, "pull of the personal model towards the global one: lam/2 ||v - w||^2", ge=0),
+        number("lam", 0.1, "pull of the personal model towards the global one: lam/2 ||v - w||^2",
+               space=log_range(0.01, 2.0), ge=0),
         integer("personal_epochs", None, "local epochs of the personal model; null: the run's local_epochs",
                 ge=1, nullable=True),
     )),
     Method("moon", "MOON", "moon:MOON", hps=(
-        number("mu", 1.0, "weight of the model-contrastive loss (the paper: 5 on CIFAR-10, 1 on CIFAR-100)", ge=0),
-        number("tau", 0.5, "temperature of the contrastive loss", gt=0),
+        number("mu", 1.0, "weight of the model-contrastive loss (the paper: 5 on CIFAR-10, 1 on CIFAR-100)",
+               space=log_range(0.1, 10.0), ge=0),
+        number("tau", 0.5, "temperature of the contrastive loss", space=one_of(0.1, 0.5, 1.0), gt=0),
         integer("proj_dim", 256, "output size of the projection head the contrastive loss compares", ge=1),
     )),
     Method("fml", "FML", "fml:FML", personalised=True, hps=(
         number("alpha", 0.5, "weight of CE in the local model's loss (1 - alpha weights the KL; 1: no distillation)",
-               ge=0, le=1),
-        number("beta", 0.5, "weight of CE in the meme model's loss (1 - beta weights the KL)", ge=0, le=1),
-        number("tau", 1.0, "temperature of the mutual KL (1: plain softmax, as in deep mutual learning)", gt=0),
+               space=uniform(0.1, 0.9), ge=0, le=1),
+        number("beta", 0.5, "weight of CE in the meme model's loss (1 - beta weights the KL)",
+               space=uniform(0.1, 0.9), ge=0, le=1),
+        number("tau", 1.0, "temperature of the mutual KL (1: plain softmax, as in deep mutual learning)",
+               space=one_of(1.0, 2.0, 4.0), gt=0),
     )),
     Method("fedkd", "FedKD", "fedkd:FedKD", personalised=True, factorised=True, hps=(
-        number("alpha", 1.0, "weight of the output (KL) distillation", ge=0),
-        number("beta", 1.0, "weight of the hidden-state (MSE) distillation", ge=0),
-        number("tau", 1.0, "distillation temperature (the paper distils plain softmax outputs)", gt=0),
+        number("alpha", 1.0, "weight of the output (KL) distillation", space=log_range(0.1, 10.0), ge=0),
+        number("beta", 1.0, "weight of the hidden-state (MSE) distillation", space=log_range(0.1, 10.0), ge=0),
+        number("tau", 1.0, "distillation temperature (the paper distils plain softmax outputs)",
+               space=one_of(1.0, 2.0, 4.0), gt=0),
         *adaptive_weight(),
         _E_START, _E_END,
         number("mentor_width", 1.0, "width multiplier of the private mentor", gt=0),
@@ -177,20 +227,28 @@ _METHODS = (
                "what the server broadcasts: the factorised global update (the paper's) or the factorised global mentee"),
     ), rules=(_E_RULE,)),
     Method("fedproto", "FedProto", "fedproto:FedProto", personalised=True, hps=(
-        number("lam", 1.0, "weight of the prototype loss lam * MSE(r, global prototype of y); 0 is Local", ge=0),
-        choice("inference", "proto", ("proto", "head"),
-               "a client's prediction: the nearest global prototype (the paper's) or its model's head"),
+        number("lam", 1.0, "weight of the prototype loss lam * MSE(r, global prototype of y); 0 is Local",
+               space=log_range(0.01, 10.0), ge=0),
+        choice("inference", "own_prototypes", ("own_prototypes", "all_prototypes", "head"),
+               "a client's prediction: the nearest global prototype among the classes the client holds "
+               "(the authors' code), among every class with a prototype (the paper's text), or its model's head"),
         choice("proto_weighting", "counts", ("counts", "uniform"),
                "server average per class: weighted by image counts (the paper's) or uniform (the authors' code)"),
     )),
     Method("fedmic", "FedMIC", "fedmic:FedMIC", personalised=True, factorised=True, hps=(
-        number("alpha", 1.0, "weight of decision-level distillation", ge=0),
-        number("beta", 1.0, "weight of representation-level distillation", ge=0),
-        number("tau", 2.0, "distillation temperature", gt=0),
+        number("alpha", 1.0, "weight of decision-level distillation", space=log_range(0.1, 10.0), ge=0),
+        number("beta", 1.0, "weight of representation-level distillation", space=log_range(0.1, 10.0), ge=0),
+        number("tau", 2.0, "distillation temperature", space=one_of(1.0, 2.0, 4.0), gt=0),
         flag("rep_distill", True, "representation-level distillation (ablation switch)"),
         flag("dec_distill", True, "decision-level distillation (ablation switch)"),
         flag("aux_matrices", True, "learnable maps between the two representation spaces; "
                                    "false: identity maps (needs equal widths)"),
+        choice("aux_on", "representation", ("representation", "decision", "both"),
+               "where the two auxiliary matrices act: between the representations (MSE terms), between "
+               "the logits (KL terms: the Figure 2 caption's reading), or a pair at each level"),
+        choice("teacher_start", "own", ("own", "broadcast"),
+               "a teacher's first weights: its own random initialisation, or the global student the "
+               "client receives in its first round (needs equal widths)"),
         *adaptive_weight(),
         flag("gpd", True, "global parameter decomposition (SVD both ways); false: dense weights both ways"),
         _E_START, _E_END,
@@ -200,7 +258,22 @@ _METHODS = (
                "what is factorised, both ways: the student's update (delta) or its weights (params: lossy)"),
         number("teacher_width", 1.0, "width multiplier of the private teacher", gt=0),
         number("student_width", 1.0, "width multiplier of the shared student", gt=0),
-    ), rules=(_E_RULE,)),
+    ), rules=(
+        _E_RULE,
+        Rule("aux_on needs aux_matrices", lambda hp, run: hp["aux_matrices"] or hp["aux_on"] == "representation",
+             "aux_on {hp[aux_on]!r} places auxiliary matrices but aux_matrices is false; "
+             "set aux_matrices: true, or leave aux_on at 'representation'"),
+        Rule("identity representation maps need equal widths",
+             lambda hp, run: hp["teacher_width"] == hp["student_width"] or (
+                 hp["aux_matrices"] and hp["aux_on"] != "decision"),
+             "teacher_width {hp[teacher_width]} and student_width {hp[student_width]} differ, so the "
+             "representations need auxiliary matrices between them; set equal widths, or aux_matrices: true "
+             "with aux_on 'representation' or 'both'"),
+        Rule("teacher_start broadcast needs equal widths",
+             lambda hp, run: hp["teacher_start"] == "own" or hp["teacher_width"] == hp["student_width"],
+             "teacher_start 'broadcast' copies the student into the teacher, but teacher_width "
+             "{hp[teacher_width]} != student_width {hp[student_width]}; set equal widths or teacher_start: own"),
+    )),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
@@ -210,6 +283,11 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def tuned_space(method: str) -> dict[str, tuple[type, Space]]:
+    """What tuning searches for `method`: {name: (kind, space)}, the learning rate first."""
+    return {"lr": (float, LR_SPACE), **{h.name: (h.kind, h.space) for h in get_method(method).hps if h.space}}
 
 
 def hp_defaults(method: str) -> dict:
@@ -304,15 +382,17 @@ def _fmt_default(v) -> str:
 
 
 def docs_table() -> str:
-    rows = ["| method | hyperparameter | default | valid values | meaning |", "|---|---|---|---|---|"]
+    rows = ["| method | hyperparameter | default | valid values | tuned over | meaning |", "|---|---|---|---|---|---|"]
     for m in METHODS.values():
-        if not m.hps:
-            rows.append(f"| {m.pretty} (`{m.name}`) | (none) | | | |")
+        rows.append(f"| {m.pretty} (`{m.name}`) | `lr` (train) | the run's `lr` | a number > 0 | {LR_SPACE.text()} "
+                    f"| learning rate of local SGD, tuned for every method |")
         for h in m.hps:
             meaning = h.meaning.replace("|", "\\|")  # a pipe would end the cell
-            rows.append(f"| {m.pretty} (`{m.name}`) | `{h.name}` | `{_fmt_default(h.default)}` | {h.rule()} | {meaning} |")
+            tuned = h.space.text() if h.space else "not tuned"
+            rows.append(f"| {m.pretty} (`{m.name}`) | `{h.name}` | `{_fmt_default(h.default)}` | {h.rule()} | {tuned} "
+                        f"| {meaning} |")
         for r in m.rules:
-            rows.append(f"| {m.pretty} (`{m.name}`) | (rule) | | {r.text} | checked for every run before it starts |")
+            rows.append(f"| {m.pretty} (`{m.name}`) | (rule) | | {r.text} | | checked for every run before it starts |")
     return "\n".join(rows)
 
 

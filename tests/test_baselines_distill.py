@@ -418,3 +418,29 @@ def test_end_to_end_run(method, partition, data, tmp_path):
         present = [len(np.unique(y[np.asarray(i, dtype=np.int64)])) for i in train]
         assert up == [[n * 512 * 4 + 2 * n * 4 for n in present]] * 2
         assert down[0] == 0 and res["params"]["shared"] == 0 and "global" not in res["history"][-1]["eval"]
+
+
+def test_fedproto_predicts_among_its_own_classes_by_default(small):
+    """The authors' inference: a client compares a sample only with the global prototypes of the
+    classes in its own training data; `all_prototypes` compares with every class."""
+    one_class = ClientData(small.x[:16], torch.ones(16, dtype=torch.long))  # this client holds class 1 only
+    algo = make("fedproto")
+    state = algo.init_client(0, one_class)
+    assert state["classes"].tolist() == [False, True]
+    model = algo.ctx.make_model()
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        r = model.encoder(small.x)
+    # class 0's prototype sits on every sample, so the all-class rule predicts 0 everywhere
+    protos = torch.stack([r.mean(0), r.mean(0) + 100.0])
+    shared = algo.eval_broadcast({"protos": protos, "counts": torch.tensor([5, 5])})
+    with torch.no_grad():
+        own = algo.personal_model(0, state, shared)(small.x).argmax(1)
+    assert own.tolist() == [1] * len(small.x)
+    every = make("fedproto", inference="all_prototypes")
+    with torch.no_grad():
+        pred = every.personal_model(0, every.init_client(0, one_class), shared)(small.x).argmax(1)
+    assert torch.equal(pred, torch.cdist(r, protos).argmin(1)) and pred.tolist() == [0] * len(small.x)
+    # the classes it holds are kept through training (they are its data's, not the round's)
+    new, _, _ = algo.local_update(0, state, Payload(), one_class, 1, gen())
+    assert torch.equal(new["classes"], state["classes"])

@@ -58,7 +58,7 @@ FLAG = "breastmnist"
     ("fedkd", {"downlink": "full"}, "'downlink' must be 'delta' or 'params', got 'full'"),
     ("fedkd", {"adaptive": 1}, "'adaptive' must be true or false, got 1"),
     ("fedproto", {"lam": float("nan")}, "'lam' must be a number >= 0, got nan"),
-    ("fedproto", {"inference": "knn"}, "'inference' must be 'proto' or 'head', got 'knn'"),
+    ("fedproto", {"inference": "knn"}, "'inference' must be 'own_prototypes' or 'all_prototypes' or 'head', got 'knn'"),
     ("fedavg", {"mu": 0.1}, "unknown hyperparameter(s) ['mu'] for method 'fedavg'; valid: none"),
     ("fedmic", {"taux": 2}, "unknown hyperparameter(s) ['taux'] for method 'fedmic'; valid: alpha, beta, tau,"),
 ])

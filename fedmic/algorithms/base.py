@@ -179,9 +179,10 @@ class Algorithm:
         return Payload()
 
     # --- client side -------------------------------------------------------------------
-    def init_client(self, cid: int) -> State:
-        """A client's state before it first trains, from what it knows alone (the run config
-        and the seed the engine sets)."""
+    def init_client(self, cid: int, data: ClientData | None = None) -> State:
+        """A client's state before it first trains, from what it knows alone: the run config,
+        the seed the engine sets and its own training data (`data`; None where no client's data
+        exists, e.g. a server counting the parameters of a client's state)."""
         return {}
 
     def local_update(self, cid: int, state: State, received: Payload, data: ClientData, rnd: int,

@@ -21,7 +21,7 @@ class Ditto(FedAvg):
         self.start = clone_state(self.worker)  # w^0, the global model every party starts from
         self.personal = ctx.make_model()
 
-    def init_client(self, cid):
+    def init_client(self, cid, data=None):
         # v_i starts where w starts (the paper initialises both from w^0).
         return {"personal": {k: v.clone() for k, v in self.start.items()}}
 

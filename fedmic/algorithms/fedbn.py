@@ -24,7 +24,7 @@ class FedBN(Algorithm):
         # The server only ever holds the shared (non-BN) tensors.
         return {"global": {k: self.start[k].clone() for k in self.shared_keys}}
 
-    def init_client(self, cid):
+    def init_client(self, cid, data=None):
         return {"bn": {k: self.start[k].clone() for k in self.bn_keys}}
 
     def local_update(self, cid, state, received, data, rnd, gen):

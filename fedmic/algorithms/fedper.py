@@ -22,7 +22,7 @@ class FedPer(Algorithm):
         # The server only ever holds the encoder.
         return {"global": {k: self.start[k].clone() for k in self.shared_keys}}
 
-    def init_client(self, cid):
+    def init_client(self, cid, data=None):
         # Every head starts from the same initial weights as the global model's would.
         return {"head": {k: self.start[k].clone() for k in self.head_keys}}
 

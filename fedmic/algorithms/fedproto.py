@@ -3,7 +3,8 @@ uploads its class prototypes (the mean encoder representation of its training im
 class it holds, with the counts); the server averages them per class, weighted by the counts,
 and broadcasts the global prototypes. Local loss: CE + lambda * MSE(r, global_proto[y]).
 A client is scored with its own full model, predicting by default the class of the nearest
-global prototype (the paper's inference), or with its own head (option)."""
+global prototype among the classes it holds (the authors' code; the paper's text: among every
+class, an option), or with its own head (option)."""
 from __future__ import annotations
 
 import torch
@@ -87,8 +88,15 @@ class FedProto(Algorithm):
         return {"protos": protos, "counts": torch.where(seen, counts, server["counts"])}
 
     # --- client ------------------------------------------------------------------------
-    def init_client(self, cid):
-        return {"model": {k: v.clone() for k, v in self.start.items()}}
+    def init_client(self, cid, data=None):
+        state = {"model": {k: v.clone() for k, v in self.start.items()}}
+        if self.hp["inference"] == "own_prototypes":
+            # The classes in the client's training data. Without data (a server counting the
+            # parameters of a state; engine and sites always pass it) every class counts.
+            c = self.ctx.n_classes
+            state["classes"] = (torch.ones(c, dtype=torch.bool, device=self.ctx.device) if data is None
+                                else torch.bincount(data.y, minlength=c) > 0)
+        return state
 
     def local_update(self, cid, state, received, data, rnd, gen):
         model = self.worker
@@ -114,7 +122,10 @@ class FedProto(Algorithm):
         # Class ids and counts travel as int32 tensors (4 bytes each), not as factor metadata.
         upload = Payload({"protos": protos[held].to(self.ctx.transport_dtype),
                           "classes": held.to(torch.int32), "counts": counts[held].to(torch.int32)})
-        return {"model": clone_state(model)}, upload, {"loss": loss}
+        new_state = {"model": clone_state(model)}
+        if "classes" in state:
+            new_state["classes"] = state["classes"]
+        return new_state, upload, {"loss": loss}
 
     # --- evaluation --------------------------------------------------------------------
     def global_model(self, server):
@@ -132,5 +143,10 @@ class FedProto(Algorithm):
         has = torch.zeros(c, dtype=torch.bool, device=self.ctx.device)
         cls = shared.tensors["classes"].long()
         protos[cls], has[cls] = shared.tensors["protos"].float(), True
+        if self.hp["inference"] == "own_prototypes":
+            # a class the client holds always has a global prototype once it has uploaded once;
+            # before that its own classes may have none, and it predicts among those that do
+            own = has & state["classes"]
+            has = own if bool(own.any()) else has
         self.nearest.protos, self.nearest.has = protos, has
         return self.nearest

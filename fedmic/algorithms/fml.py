@@ -23,7 +23,7 @@ class FML(Algorithm):
         self.meme = self.worker
         self.local = ctx.make_model()
 
-    def init_client(self, cid):
+    def init_client(self, cid, data=None):
         # The engine seeds each client: local models start from their own random weights, so
         # the two networks of a pair differ from the first step (mutual learning needs it).
         return {"local": clone_state(self.ctx.make_model())}

@@ -25,7 +25,7 @@ class Local(Algorithm):
     def aggregate(self, server, uploads, rnd):
         return server
 
-    def init_client(self, cid):
+    def init_client(self, cid, data=None):
         return {"model": {k: v.clone() for k, v in self.start.items()}}
 
     def local_update(self, cid, state, received, data, rnd, gen):

@@ -137,7 +137,7 @@ class Site:
                             f"{self.store.folder} now holds {f'round {rnd} at most' if rnd else 'no state'}: it lost "
                             "rounds (restore the folder, or restart the run)")
         if rnd == 0:
-            return init_client_state(self.algo, self.cfg, self.cid)
+            return init_client_state(self.algo, self.cfg, self.cid, self.train)
         return self.store.load(rnd, self.device)
 
     def train_round(self, rnd: int, received: Payload, committed: int) -> ClientReply:

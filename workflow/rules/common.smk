@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from snakemake.common.configfile import load_configfile
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.sourcecache import HostingProviderFile, LocalGitFile, LocalSourceFile
 
@@ -128,7 +128,7 @@ if _conda:
 else:
     FEDMIC_ENV = "../envs/fedmic.yaml"
 
-from fedmic import dataroot, grid, schema, watch
+from fedmic import dataroot, grid, schema, tuning, watch
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -205,10 +205,16 @@ if config.get("tensorboard") and not _conda and (_problem := watch.tensorboard_m
 try:
     RUNS = grid.all_runs(config)
     ARMS = grid.all_arms(config)
-    # Validates every run's full config now, so a bad value fails before any job starts.
-    RUN_CONFIGS = {key: grid.run_config(config, key) for key in RUNS}
+    # Validates every run's full config now, so a bad value fails before any job starts. A tuned
+    # arm's runs wait for their selection: their arm's own settings are checked instead.
+    RUN_CONFIGS = {key: grid.run_config(config, key) for key in RUNS if "tuned_from" not in ARMS[key.arm]}
+    for _key in RUNS:
+        if "tuned_from" in ARMS[_key.arm]:
+            grid.run_config(config, _key, selection={"lr": None, "hp": {}})
 except ConfigError as e:
     fail(f"config error: {e}")
+if _problem := grid.tuning_problem(config):
+    fail(f"config error: {_problem}")
 if _problem := grid.identical_arms(config, RUN_CONFIGS):
     fail(f"config error: {_problem}")
 
@@ -232,7 +238,32 @@ def run_key(wc):
 
 def run_of(wc):
     key = run_key(wc)
+    if "tuned_from" in ARMS[key.arm]:
+        # Until its selection exists (the checkpoint) a tuned run is a placeholder with its arm's
+        # own settings: Snakemake evaluates the job again once the checkpoint is done, and
+        # `fedmic train --selection` refuses settings that are not the selection's.
+        try:
+            selection = tuning.read_selection(selection_of_run(wc))
+        except IncompleteCheckpointException:
+            selection = {"lr": None, "hp": {}}
+        return grid.run_config(config, key, selection=selection)
     return RUN_CONFIGS.get(key) or grid.run_config(config, key)
+
+
+def selection_of_run(wc):
+    """A tuned arm's selection, through the checkpoint (nothing for other arms)."""
+    if "tuned_from" not in ARMS[wc.arm]:
+        return []
+    wildcards = grid.selection_wildcards(config, ARMS[wc.arm]["tuned_from"], wc.dataset, float(wc.lam))
+    out = checkpoints.select_hp.get(**wildcards).output[0]
+    return ancient(out)
+
+
+def trial_runs_of_selection(wc):
+    runs = grid.tuning_runs(config, wc.arm, wc.dataset, float(wc.lam))
+    if not runs:
+        raise WorkflowError(f"no tuning trials for arm {wc.arm!r} at {wc.dataset} lambda {wc.lam}")
+    return [grid.run_path(RESULTS, k) for k in runs]
 
 
 def run_fingerprint(wc):

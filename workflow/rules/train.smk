@@ -9,6 +9,7 @@ rule train:
     input:
         partition=partition_of_run,
         code=code_of_run,
+        selection=selection_of_run,
     output:
         run=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.json",
         timing=f"{RESULTS}/runs/{{dataset}}/lam{{lam}}_K{{clients}}_jr{{jr}}/{{arm}}/seed{{seed}}.timing.json",
@@ -28,6 +29,7 @@ rule train:
         root=DATA_ROOT,
         fingerprint=run_fingerprint,
         settings=train_settings,
+        selection=lambda wc, input: f"--selection {input.selection}" if input.selection else "",
     shell:
-        "{params.train} {params.settings} --fingerprint {params.fingerprint} --partition {input.partition}"
+        "{params.train} {params.settings} --fingerprint {params.fingerprint} {params.selection} --partition {input.partition}"
         " --root {params.root} --out {output.run} > {log} 2>&1"
