@@ -133,7 +133,7 @@ def test_generator_writes_the_spec(tmp_path):
     finally:
         METHODS["fedmic"] = fedmic
     assert new_schema != schema and "a changed meaning; a number > 0" in new_schema and "default: 3.0" in new_schema
-    assert new_docs != docs and "| FedMIC (`fedmic`) | `tau` | `3` | a number > 0 | {1, 2, 4} | a changed meaning |" in new_docs
+    assert new_docs != docs and "| FedMIC (`fedmic`) | `tau` | `3` | a number > 0 | {1.0, 2.0, 4.0} | a changed meaning |" in new_docs
 
 
 def test_schema_hp_sections_agree_with_the_checks():
