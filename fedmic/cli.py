@@ -112,7 +112,7 @@ def cmd_train(a):
     check_device(cfg.device)
     out = Path(a.out)
     check_writable(out, timing_path(out), out.with_name(out.name + ".ckpt"))
-    res = Simulation(cfg, a.partition, a.root).run(a.out)
+    res = Simulation(cfg, a.partition, a.root).run(a.out, replace_stale_checkpoint=a.replace_stale_checkpoint)
     s = res["summary"]
     logging.info("%s: personalised acc %.4f auc %.4f; uplink %.0f B/round", a.out,
                  s.get("personal", {}).get("acc", float("nan")), s.get("personal", {}).get("auc", float("nan")),
@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run JSON to write")
     p.add_argument("--root", help=root_help)
     p.add_argument("--fingerprint", help="refuse to run unless the config's fingerprint is this (the workflow's check)")
+    p.add_argument("--replace-stale-checkpoint", action="store_true",
+                   help="remove a checkpoint of another configuration at --out and start from round 1 (the "
+                        "workflow's, which retrains a run whose settings changed); without it, such a checkpoint "
+                        "is refused")
     kinds = {f.name: f.type for f in fields(RunConfig)}
     for name in RunConfig.EXECUTION_FIELDS:
         flag = "--" + name.replace("_", "-")

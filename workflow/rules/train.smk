@@ -29,5 +29,5 @@ rule train:
         fingerprint=run_fingerprint,
         settings=train_settings,
     shell:
-        "{params.train} {params.settings} --fingerprint {params.fingerprint} --partition {input.partition}"
-        " --root {params.root} --out {output.run} > {log} 2>&1"
+        "{params.train} {params.settings} --fingerprint {params.fingerprint} --replace-stale-checkpoint"
+        " --partition {input.partition:q} --root {params.root:q} --out {output.run:q} > {log:q} 2>&1"
