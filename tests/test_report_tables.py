@@ -373,7 +373,7 @@ def test_runs_in_poor_health_are_marked_in_every_table_that_uses_them(tmp_path, 
     assert "†: from runs that dropped client updates with non-finite values (on_nonfinite: skip; 1 of the " \
            "table's 4 runs, 2 updates in all)" in caption
     assert "‡: from runs with rounds in which no update was aggregated" in caption and "1 of the table's 4 runs, " \
-           "1 rounds in all" in caption
+           "1 round in all" in caption
     assert "\\textdagger{}" in tex and "\\textdaggerdbl{}" in tex and " †‡" in csv
 
 

@@ -79,16 +79,18 @@ class Rows:
         if not self.used:
             return ""
         runs, out = self.runs, []
+
+        def count(col: str, what: str) -> str:
+            bad = runs[col].fillna(0) > 0
+            n = int(runs.loc[bad, col].sum())
+            return f"{int(bad.sum())} of the table's {len(runs)} runs, {n} {what}{'' if n == 1 else 's'} in all"
+
         if "†" in self.used:
-            bad = runs["skipped_total"].fillna(0) > 0
             out.append(f"†: from runs that dropped client updates with non-finite values (on_nonfinite: skip; "
-                       f"{int(bad.sum())} of the table's {len(runs)} runs, {int(runs['skipped_total'][bad].sum())} "
-                       f"updates in all)")
+                       f"{count('skipped_total', 'update')})")
         if "‡" in self.used:
-            bad = runs["unaggregated_rounds"].fillna(0) > 0
             out.append(f"‡: from runs with rounds in which no update was aggregated, so the global model stood "
-                       f"still ({int(bad.sum())} of the table's {len(runs)} runs, "
-                       f"{int(runs['unaggregated_rounds'][bad].sum())} rounds in all)")
+                       f"still ({count('unaggregated_rounds', 'round')})")
         return " " + "; ".join(out) + "."
 
     def cell(self, row: dict, name: str, text: str, value: float = math.nan, how: str | None = None,
