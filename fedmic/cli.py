@@ -118,7 +118,8 @@ def cmd_train(a):
         from .watch import summary_writer_class
         summary_writer_class()
         check_writable(Path(a.tensorboard) / "events")
-    res = Simulation(cfg, a.partition, a.root).run(a.out, tensorboard=a.tensorboard)
+    res = Simulation(cfg, a.partition, a.root).run(a.out, tensorboard=a.tensorboard,
+                                                     replace_stale_checkpoint=a.replace_stale_checkpoint)
     s = res["summary"]
     logging.info("%s: personalised acc %.4f auc %.4f; uplink %.0f B/round", a.out,
                  s.get("personal", {}).get("acc", float("nan")), s.get("personal", {}).get("auc", float("nan")),
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", metavar="DIR", help="also write each round's scalars (seconds, ACC, bytes, loss) "
                    "as TensorBoard events in DIR; needs pip install 'fedmic[tensorboard]'")
     p.add_argument("--selection", help="a tuning selection the run's lr and hyperparameters must equal (the workflow's check)")
+    p.add_argument("--replace-stale-checkpoint", action="store_true",
+                   help="remove a checkpoint of another configuration at --out and start from round 1 (the "
+                        "workflow's, which retrains a run whose settings changed); without it, such a checkpoint "
+                        "is refused")
     kinds = {f.name: f.type for f in fields(RunConfig)}
     for name in RunConfig.EXECUTION_FIELDS:
         flag = "--" + name.replace("_", "-")

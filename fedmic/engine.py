@@ -250,7 +250,11 @@ class Simulation:
                 f"{describe_os_error(cause, path)}; the run stopped, and its "
                 "previous checkpoint (if any) is kept for the rerun (checkpoint_every: 0 trains without)") from e
 
-    def try_resume(self, out: Path) -> None:
+    def try_resume(self, out: Path, replace_stale: bool = False) -> None:
+        """Resume from the checkpoint beside `out`, if any. One of another configuration is
+        refused (it may be a run someone still wants), unless `replace_stale`: the workflow
+        passes that, as it has already deleted that configuration's run JSON to retrain it
+        with changed settings (a checkpoint kept by keep_checkpoint, or left by a stopped run)."""
         path = self.checkpoint_path(out)
         if not path.exists():
             return
@@ -258,6 +262,11 @@ class Simulation:
             ck = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as e:
             raise CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to restart the run from round 1") from e
+        if ck.get("fingerprint") != self.cfg.fingerprint() and replace_stale:
+            path.unlink()
+            log.warning("checkpoint %s was written by another configuration (fingerprint %s, this run %s): "
+                        "removed, the run starts from round 1", path, ck.get("fingerprint"), self.cfg.fingerprint())
+            return
         if ck.get("fingerprint") != self.cfg.fingerprint():
             raise CheckpointError(f"checkpoint {path} was written by another configuration "
                                   f"(fingerprint {ck.get('fingerprint')} != {self.cfg.fingerprint()}); "
@@ -329,12 +338,14 @@ class Simulation:
                 "upload_ranks": {k: float(np.mean(v)) for k, v in sorted(ranks.items())},
                 "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd)), **({"timed_out": lost} if lost else {})}
 
-    def run(self, out: str | Path, tensorboard: str | Path | None = None) -> dict:
+    def run(self, out: str | Path, tensorboard: str | Path | None = None,
+            replace_stale_checkpoint: bool = False) -> dict:
         """Train the remaining rounds and write the run JSON. `tensorboard`: a folder for the
-        per-round scalars (fedmic/watch.py); it changes nothing the run writes."""
+        per-round scalars (fedmic/watch.py); it changes nothing the run writes.
+        `replace_stale_checkpoint`: a checkpoint of another configuration is removed, not refused."""
         out = Path(out)
         cfg = self.cfg
-        self.try_resume(out)
+        self.try_resume(out, replace_stale_checkpoint)
         watch = RoundWatch(cfg, self.history, self.start_round, tensorboard)
         try:
             for rnd in range(self.start_round, cfg.rounds + 1):

@@ -411,6 +411,37 @@ def identical_arms(config: dict, run_configs: dict[RunKey, RunConfig]) -> str | 
     return None
 
 
+def repeated_values(config: dict) -> str | None:
+    """A value listed twice in a grid list (seeds: [0, 0]), or two values written alike in
+    file names (lams: [0.1, 0.1000001] are both lam0.1): the same run would be planned twice,
+    and only `fedmic collect`, after the runs, would notice. Say so before any job."""
+    def name(axis, x):
+        if axis in ("datasets", "arms"):
+            return str(x)
+        if axis == "energy":
+            return "-".join(fmt(float(e)) for e in x) if isinstance(x, (list, tuple)) else repr(x)
+        return fmt(float(x))
+
+    lists = [(axis, axis, config.get(axis)) for axis in ("datasets", "lams", "seeds")]
+    for table, sec in (config.get("tables") or {}).items():
+        for axis in ("datasets", "lams", "seeds", "arms", "join_ratios", "clients"):
+            if isinstance((sec or {}).get(axis), list):
+                lists.append((axis, f"tables.{table}.{axis}", sec[axis]))
+        for param, values in ((sec or {}).get("values") or {}).items():
+            lists.append(("energy" if param == "energy" else param, f"tables.{table}.values.{param}", values))
+    for axis, where, values in lists:
+        seen = {}
+        for x in values or []:
+            key = name(axis, x)
+            if key in seen:
+                first = seen[key]
+                same = f"{x!r} twice" if first == x else (f"{first!r} and {x!r}, which file names both write as "
+                                                          f"{key!r},")
+                return f"{where} lists {same} so the same runs would be planned twice; list each value once"
+            seen[key] = x
+    return None
+
+
 # --- the command line ----------------------------------------------------------------------
 TARGETS_FIRST = "write targets before --configfile (snakemake TARGET ... --configfile FILE), as it takes several files"
 

@@ -129,3 +129,49 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+# --- one workflow per results folder ----------------------------------------------------------
+LOCK_NAME = ".fedmic.lock"
+_held_locks: dict[str, object] = {}  # folder -> its open lock file, kept open for the process's life
+
+
+class FolderLocked(RuntimeError):
+    """Another process holds the lock of a results folder."""
+
+
+def hold_folder_lock(folder: str | Path) -> Path:
+    """Lock `folder` for this process until it exits: flock on `<folder>/.fedmic.lock`,
+    whose text names the holder. Snakemake's own lock lives in the working directory, so two
+    clones (or two working directories) writing one absolute results folder would otherwise
+    delete and rewrite each other's files. The kernel drops the lock when the process ends,
+    however it ends, so a killed run never leaves a stale one; the file stays (removing it
+    would race with a process about to lock it). Raises FolderLocked naming the holder."""
+    import fcntl
+    import socket
+    import time
+
+    folder = Path(folder).resolve()
+    if str(folder) in _held_locks:
+        return folder / LOCK_NAME
+    path = folder / LOCK_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")  # not truncated: the holder's text stays readable
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = " ".join(f.read().split()) or "a process that has not written its name yet"
+        f.close()
+        raise FolderLocked(f"results folder {folder} is in use by another workflow ({holder}); wait for it to "
+                           "finish, or give this config another results folder") from None
+    except OSError:
+        f.close()
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, working directory {os.getcwd()}, "
+            f"since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    f.flush()
+    _held_locks[str(folder)] = f
+    return path

@@ -283,6 +283,24 @@ CASES = [
          (TARGETS_FIX,), setup=tiny(),
          mark=pytest.mark.xfail(strict=True, reason="Snakemake opens --configfile files before it reads the Snakefile "
                                                     "and crashes with FileNotFoundError: 'all' (a traceback)")),
+    # issue 24: workflow checks before any job
+    Case("seeds listed twice (issue 24)", snake(), 1,
+         ("config error: seeds lists 0 twice so the same runs would be planned twice; list each value once",),
+         setup=tiny(seeds=[0, 0])),
+    Case("lams written alike in file names", snake(), 1,
+         ("lams lists 0.5 and 0.5000001, which file names both write as '0.5'", "list each value once"),
+         setup=tiny(lams=[0.5, 0.5000001])),
+    Case("datasets listed twice in a table", snake(), 1, ("tables.t2.datasets lists 'breastmnist' twice",),
+         setup=tiny(**{"tables.t2": {"datasets": [FLAG, FLAG]}})),
+    Case("T6 value listed twice", snake(), 1, ("tables.t6.values.tau lists 2.0 twice",),
+         setup=tiny(**{"tables.t6": {"values": {"tau": [2, 2.0]}}})),
+    Case("read-only results folder (issue 24)", snake(), 1, ("ro/results",) + RO_SAYS[1:],
+         setup=lambda w: (w.read_only("ro"), tiny(results="ro/results")(w))),
+    Case("results folder of another workflow (issue 24)", snake(), 1,
+         ("results-tiny is in use by another workflow (pid ", "working directory",
+          "wait for it to finish, or give this config another results folder"),
+         setup=lambda w: (tiny()(w), (w.dir / "results-tiny" / "tables" / "t2.md").unlink(),
+                          w.hold_lock("results-tiny"))),
 ]
 
 # Rows that succeed on purpose: the message (if any) is a notice, and the run goes ahead.
@@ -292,6 +310,12 @@ ALLOWED = [
     Case("no data root anywhere", snake(dry=True), 0,
          (f"MedMNIST files are read from, and downloaded to, {UNNAMED_ROOT}:", "data_root", f"${ENV_ROOT}"),
          setup=tiny(), env={ENV_ROOT: None}),
+    # issue 24: a dry run writes nothing, so it may look at a read-only or busy results folder
+    Case("dry run on a read-only results folder", snake(dry=True), 0, (),
+         setup=lambda w: (w.read_only("ro"), tiny(results="ro/results")(w))),
+    Case("dry run beside another workflow", snake(dry=True), 0, (),
+         setup=lambda w: (tiny()(w), (w.dir / "results-tiny" / "tables" / "t2.md").unlink(),
+                          w.hold_lock("results-tiny"))),
 ]
 
 
@@ -307,6 +331,7 @@ class World:
         if workflow_dir is not None:
             shutil.copytree(workflow_dir, path, dirs_exist_ok=True, symlinks=True)
         self.mounts: list[Path] = []
+        self.holders: list[subprocess.Popen] = []
 
     def tmpfs(self, rel: str, size: str, fill: bool = False, ro: bool = False) -> Path:
         d = self.dir / rel
@@ -332,6 +357,15 @@ class World:
             (d / "earlier.json").write_text('{"an": "earlier result"}\n')
             d.chmod(0o555)
 
+    def hold_lock(self, rel: str) -> None:
+        """Another process (as a second workflow would be) holding the lock of the folder `rel`."""
+        code = ("import sys; from fedmic.utils import hold_folder_lock; hold_folder_lock(sys.argv[1]); "
+                "print('held', flush=True); sys.stdin.read()")
+        p = subprocess.Popen([sys.executable, "-c", code, str(self.dir / rel)], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        self.holders.append(p)
+        assert p.stdout.readline().strip() == "held"
+
     def checkpoint_of(self, run: dict) -> None:
         from fedmic.config import RunConfig
         from fedmic.engine import Simulation
@@ -339,6 +373,8 @@ class World:
         sim.save_checkpoint(self.dir / "out" / "run.json", 1)
 
     def close(self):
+        for p in self.holders:
+            p.communicate("")  # end of its stdin: it exits, and its lock goes with it
         for d in reversed(self.mounts):
             subprocess.run(["umount", str(d)], check=False)
             shutil.rmtree(d, ignore_errors=True)

@@ -321,3 +321,82 @@ def test_t1_and_f3_dispatch_to_partition_builders(tmp_path):
     save_partition(part, tmp_path / "p.json")
     out = build_table("t1", [tmp_path / "p.json"], tmp_path / "t1", root=str(DATA))
     assert md_rows(out[1])[0][0] == "breastmnist"
+
+
+# --------------------------------------------------------------------------- run health (issue 24)
+
+
+def unhealthy(path: Path, skipped_round: int | None = None, unaggregated_round: int | None = None) -> Path:
+    """The run at `path` with one round's updates skipped as non-finite (on_nonfinite: skip) and/or
+    one round in which no update was aggregated, as the engine records them."""
+    run = json.loads(path.read_text())
+    for h in run["history"]:
+        if h["round"] == skipped_round:
+            h["skipped"] = [0, 1]
+            h["aggregated"] -= 2
+            run["summary"]["skipped_total"] += 2
+        if h["round"] == unaggregated_round:
+            h["aggregated"] = 0
+    path.write_text(json.dumps(run))
+    return path
+
+
+def health_runs(tmp_path, faults: bool) -> list[Path]:
+    """FedAvg healthy; FedMIC seed 0 skips updates in round 2, seed 1 aggregates nothing in round 3."""
+    paths = [write_run(tmp_path, f"avg{s}", seed=s, acc=0.7, gaccs=(0.6,) * 4, up=(10, 10, 10)) for s in (0, 1)]
+    mic = [write_run(tmp_path, f"mic{s}", method="fedmic", seed=s, acc=0.9, gaccs=(0.7,) * 4, params=(100, 120),
+                     up=(10, 10, 10)) for s in (0, 1)]
+    if faults:
+        unhealthy(mic[0], skipped_round=2)
+        unhealthy(mic[1], unaggregated_round=3)
+    return paths + mic
+
+
+@pytest.mark.parametrize("name", ["t2", "t3", "t4", "t7", "t8", "t9"])
+def test_runs_in_poor_health_are_marked_in_every_table_that_uses_them(tmp_path, name):
+    outs = build_table(name, health_runs(tmp_path, faults=True), tmp_path / name)
+    csv, md, tex = (p.read_text() for p in outs)
+    rows = md_rows(outs[1])
+    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    mic = next(r for r in rows if "FedMIC" in r)
+    avg = next(r for r in rows if "FedAvg" in r)
+    # the number cells: FedAvg's print a number there (bold or not), and no setting column
+    # (T4's target is the setting's, from FedAvg's runs)
+    numbers = [i for i, (h, c) in enumerate(zip(header, avg)) if h not in ("dataset", "λ", "K", "join ratio",
+                                                                             "target global ACC")
+               and c.strip("*")[:1] in "0123456789+-." and c.strip("*")]
+    assert numbers and all(mic[i].strip("*").endswith(" †‡") for i in numbers), [(header[i], mic[i]) for i in numbers]
+    assert not any("†" in c or "‡" in c for r in rows if "FedMIC" not in r for c in r)  # FedAvg, floors
+    caption = md.split("Table: ", 1)[1]
+    assert "†: from runs that dropped client updates with non-finite values (on_nonfinite: skip; 1 of the " \
+           "table's 4 runs, 2 updates in all)" in caption
+    assert "‡: from runs with rounds in which no update was aggregated" in caption and "1 of the table's 4 runs, " \
+           "1 round in all" in caption
+    assert "\\textdagger{}" in tex and "\\textdaggerdbl{}" in tex and " †‡" in csv
+
+
+def test_healthy_runs_get_no_mark_and_no_footnote(tmp_path):
+    for name in ("t2", "t4", "t8", "t9"):
+        outs = build_table(name, health_runs(tmp_path, faults=False), tmp_path / name)
+        assert not any(m in p.read_text() for p in outs for m in "†‡"), name
+
+
+def test_a_marked_value_stays_best_and_right_aligned(tmp_path):
+    outs = build_table("t2", health_runs(tmp_path, faults=True), tmp_path / "t2")
+    mic = next(r for r in md_rows(outs[1]) if "FedMIC" in r)
+    # columns: dataset, λ, method, ACC; the best ACC is still the best: the mark says how it came about
+    assert mic[3] == "**0.900 ± 0.000 †‡**"
+    assert outs[1].read_text().splitlines()[1].split("|")[4] == "---:"
+
+
+@pytest.mark.parametrize("rounds, last_k, says", [
+    ((4, 4), (2, 2), "mean over the last 2 evaluated rounds)"),
+    ((2, 2), (5, 5), "mean over the last 2 evaluated rounds: all a run evaluated where that is fewer than its "
+                     "last_k (5))"),
+    ((2, 4), (3, 3), "mean over the last 2–3 evaluated rounds: all a run evaluated where that is fewer than its "
+                     "last_k (3))"),
+])
+def test_caption_states_the_k_actually_averaged(tmp_path, rounds, last_k, says):
+    paths = [write_run(tmp_path, f"s{s}", seed=s, accs=(0.5,) * r, rounds=r, last_k=k)
+             for s, (r, k) in enumerate(zip(rounds, last_k))]
+    assert says in tables.t2_table(tidy.collect(paths)).caption

@@ -382,3 +382,48 @@ def test_report_items_are_labelled_with_the_titles_of_their_captions():
         grid.caption_title("Learning curves, without a title")
     rules = (REPO / "workflow" / "rules" / "report.smk").read_text()
     assert rules.count("labels=report_labels(_name)") == 2  # tables and figures both use them
+
+
+# --------------------------------------------------------------------------- issue 24
+@pytest.fixture(scope="module")
+def spaced_run(tmp_path_factory):
+    """The tiny config run to the end from a working directory, with results, logs and data
+    folders whose paths hold spaces (every rule quotes its paths), keeping checkpoints."""
+    wd = tmp_path_factory.mktemp("spaced") / "a work dir"
+    data = wd.parent / "data root"
+    wd.mkdir()
+    data.mkdir()
+    (data / "breastmnist.npz").symlink_to(SHARED / "breastmnist.npz")
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    cfg.update(results="results tiny", logs="logs tiny", data_root=str(data))
+    cfg["train"]["keep_checkpoint"] = True
+    (wd / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wd, "--cores", "2", "all", config=str(wd / "cfg.yaml"))
+    return wd, cfg
+
+
+def test_paths_with_spaces_run_to_the_end(spaced_run):
+    wd, _ = spaced_run
+    res = wd / "results tiny"
+    assert (res / "results.csv.gz").stat().st_size > 0 and (res / "tables" / "t2.md").read_text().count("FedMIC")
+    runs = sorted(res.glob("runs/breastmnist/*/*/seed0.json"))
+    assert [r.parent.name for r in runs] == ["fedavg", "fedmic"]
+    assert all(r.with_name(r.name + ".ckpt").exists() for r in runs)  # keep_checkpoint
+
+
+def test_a_changed_run_replaces_its_kept_checkpoint(spaced_run):
+    """keep_checkpoint: true, then a changed lr: Snakemake deletes the run JSON and retrains;
+    the job must replace the old configuration's checkpoint (by hand it is refused), and only
+    that run is retrained."""
+    wd, cfg = spaced_run
+    runs = wd / "results tiny" / "runs" / "breastmnist" / "lam0.5_K3_jr1"
+    fedmic_before = (runs / "fedmic" / "seed0.json").read_bytes()
+    cfg = json.loads(json.dumps(cfg))
+    cfg["methods"]["fedavg"]["train"] = {"lr": 0.02}
+    (wd / "changed.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(wd, "--cores", "2", "all", config=str(wd / "changed.yaml"))
+    assert job_counts(res.stdout + res.stderr).get("train") == 1
+    assert json.loads((runs / "fedavg" / "seed0.json").read_text())["config"]["lr"] == 0.02
+    assert (runs / "fedmic" / "seed0.json").read_bytes() == fedmic_before
+    log = (wd / "logs tiny" / "train" / "breastmnist" / "lam0.5_K3_jr1" / "fedavg" / "seed0.log").read_text()
+    assert "was written by another configuration" in log and "removed, the run starts from round 1" in log

@@ -26,7 +26,8 @@ import pandas as pd
 from ..utils import atomic_write_bytes, atomic_write_text
 
 PM = "±"
-_NUM_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?(\s*±\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?)?\s*$")
+# a number, or mean ± std, with the health marks of fedmic.report.views.HEALTH if any
+_NUM_RE = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?(\s*±\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?)?(\s*[†‡]+)?\s*$")
 
 # --------------------------------------------------------------------------- formatting
 
@@ -77,7 +78,7 @@ _TEX_SPECIAL = {
 _TEX_UNICODE = {
     "±": r"$\pm$", "λ": r"$\lambda$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
     "→": r"$\rightarrow$", "–": "--", "—": "---", "τ": r"$\tau$", "α": r"$\alpha$",
-    "β": r"$\beta$", "≈": r"$\approx$",
+    "β": r"$\beta$", "≈": r"$\approx$", "†": r"\textdagger{}", "‡": r"\textdaggerdbl{}",
 }
 
 

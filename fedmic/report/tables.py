@@ -45,21 +45,57 @@ class Table:
     bold: dict = field(default_factory=dict)
     bold_by: dict = field(default_factory=dict)
     group_by: list = field(default_factory=list)
+    notes: str = ""  # footnotes of the marks in the cells, after the caption
 
     def write(self, stem: str | Path) -> list[Path]:
-        return write_table(self.df, stem, self.caption, bold=self.bold, bold_by=self.bold_by,
+        return write_table(self.df, stem, self.caption + self.notes, bold=self.bold, bold_by=self.bold_by,
                            group_by=self.group_by or None)
 
 
 class Rows:
-    """Display cells with a numeric helper ranking each (the helper stays in the CSV only)."""
+    """Display cells with a numeric helper ranking each (the helper stays in the CSV only).
+    Given the table's runs, a cell computed from runs in poor health gets their marks
+    (views.HEALTH) and the table a footnote saying what they mean."""
 
-    def __init__(self):
+    def __init__(self, runs: pd.DataFrame | None = None):
         self.rows: list[dict] = []
         self.bold: dict[str, str] = {}
         self.bold_by: dict[str, str] = {}
+        self.runs = runs
+        self.marks = v.health_marks(runs) if runs is not None else pd.Series(dtype=object)
+        self.used: set[str] = set()
 
-    def cell(self, row: dict, name: str, text: str, value: float = math.nan, how: str | None = None) -> None:
+    def marked(self, text: str, runs_index) -> str:
+        """``text`` with the marks of the runs ``runs_index`` (index labels of the runs frame)."""
+        have = "".join(self.marks.reindex(runs_index).fillna(""))
+        got = "".join(m for m in v.HEALTH.values() if m in have)
+        if not got or text == MISSING:
+            return text
+        self.used.update(got)
+        return f"{text} {got}"
+
+    def notes(self) -> str:
+        if not self.used:
+            return ""
+        runs, out = self.runs, []
+
+        def count(col: str, what: str) -> str:
+            bad = runs[col].fillna(0) > 0
+            n = int(runs.loc[bad, col].sum())
+            return f"{int(bad.sum())} of the table's {len(runs)} runs, {n} {what}{'' if n == 1 else 's'} in all"
+
+        if "†" in self.used:
+            out.append(f"†: from runs that dropped client updates with non-finite values (on_nonfinite: skip; "
+                       f"{count('skipped_total', 'update')})")
+        if "‡" in self.used:
+            out.append(f"‡: from runs with rounds in which no update was aggregated, so the global model stood "
+                       f"still ({count('unaggregated_rounds', 'round')})")
+        return " " + "; ".join(out) + "."
+
+    def cell(self, row: dict, name: str, text: str, value: float = math.nan, how: str | None = None,
+             runs_index=None) -> None:
+        if runs_index is not None:
+            text = self.marked(text, runs_index)
         row[name] = text
         row[f"{name} [value]"] = value
         self.bold_by[name] = f"{name} [value]"
@@ -73,10 +109,12 @@ class Rows:
         text = MISSING if x.size == 0 else mean_std(x, digits=digits)
         if signed and text not in (NA, MISSING) and not text.startswith("-"):
             text = "+" + text
-        self.cell(row, name, text, v.finite_mean(x) if how else math.nan, how)
+        # a Series of the runs' values carries their index; floors (how=None) are no run's result
+        runs_index = values.index if how and isinstance(values, pd.Series) else None
+        self.cell(row, name, text, v.finite_mean(x) if how else math.nan, how, runs_index)
 
     def table(self, caption: str, group: Sequence[str] = ()) -> Table:
-        return Table(pd.DataFrame(self.rows), caption, self.bold, self.bold_by, list(group))
+        return Table(pd.DataFrame(self.rows), caption, self.bold, self.bold_by, list(group), self.notes())
 
 
 def _select(select: str) -> str:
@@ -88,8 +126,14 @@ def _select(select: str) -> str:
 def _select_text(select: str, tidy: pd.DataFrame) -> str:
     if select == "valsel":
         return "test value at the round chosen on the clients' validation sets"
-    k = sorted({int(x) for x in tidy.loc[(tidy["scope"] == "config") & (tidy["metric"] == "last_k"), "value"]})
-    return f"mean over the last {'/'.join(map(str, k)) or 'k'} evaluated rounds"
+    last_k = sorted({int(x) for x in tidy.loc[(tidy["scope"] == "config") & (tidy["metric"] == "last_k"), "value"]})
+    k = sorted(set(v.averaged_k(tidy)))
+    if not k or k == last_k:
+        return f"mean over the last {'/'.join(map(str, last_k)) or 'k'} evaluated rounds"
+    # runs shorter than last_k average every round they evaluated: say the k actually averaged
+    span = f"{k[0]}" if len(k) == 1 else f"{k[0]}–{k[-1]}"
+    return (f"mean over the last {span} evaluated rounds: all a run evaluated where that is fewer than its "
+            f"last_k ({'/'.join(map(str, last_k))})")
 
 
 def _seed_span(runs: pd.DataFrame, dim_cols: Sequence[str]) -> str:
@@ -179,7 +223,7 @@ def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     the client-prior floor, the pooled AUC, and FedMIC against the best baseline."""
     runs = personal_runs(tidy, select)
     dim_cols = v.dims(runs)
-    rows, tests = Rows(), []
+    rows, tests = Rows(runs), []
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         dcells = v.dim_cells(dim_cols, s)
@@ -238,7 +282,7 @@ def _pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], sele
     runs = personal_runs(tidy, select)
     dim_cols = v.dims(runs, exclude=[pivot])
     values = sorted(runs[pivot].unique())
-    rows = Rows()
+    rows = Rows(runs)
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         for arm in [*v.arm_order(here), None]:
@@ -329,7 +373,7 @@ def t4_table(tidy: pd.DataFrame, target: float | None = None) -> Table:
                       v.values(tidy, "run", "floor", ["global_majority_acc"])[["global_majority_acc"]]], axis=1)
     curves = v.per_round(tidy, "global", "acc")
     dim_cols = v.dims(runs)
-    rows = Rows()
+    rows = Rows(runs)
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         tgt = float(target) if target is not None else default_target(here)
@@ -341,10 +385,11 @@ def t4_table(tidy: pd.DataFrame, target: float | None = None) -> Table:
             row = {**v.dim_cells(dim_cols, s), "method": sub["label"].iloc[0]}
             for name, col in (("uplink/round (MB)", "uplink_per_round"), ("downlink/round (MB)", "downlink_per_round"),
                               ("uplink total (MB)", "uplink_total"), ("downlink total (MB)", "downlink_total")):
-                rows.cell(row, name, _mb_text(sub[col].to_numpy(float) / 1e6), v.finite_mean(sub[col]), "min")
+                rows.cell(row, name, _mb_text(sub[col].to_numpy(float) / 1e6), v.finite_mean(sub[col]), "min",
+                          sub.index)
             for name, col in (("uplink ÷ FedAvg", "uplink_total"), ("downlink ÷ FedAvg", "downlink_total")):
                 ratio = v.finite_mean(sub[col]) / ref_totals[col] if ref_totals[col] > 0 else math.nan
-                rows.cell(row, name, f"{ratio:.3g}" if math.isfinite(ratio) else NA, ratio, "min")
+                rows.cell(row, name, f"{ratio:.3g}" if math.isfinite(ratio) else NA, ratio, "min", sub.index)
             rows.cell(row, "target global ACC", f"{tgt:.3f}" if math.isfinite(tgt) else NA, tgt)
             mine = curves.merge(sub[v.RUN_KEY], on=v.RUN_KEY)
             if mine.empty:
@@ -363,8 +408,8 @@ def t4_table(tidy: pd.DataFrame, target: float | None = None) -> Table:
                     if got.size < len(hits):  # not comparable with arms that always get there
                         text += f" ({got.size}/{len(hits)} seeds)"
                         rtext += f" ({got.size}/{len(hits)} seeds)"
-            rows.cell(row, "to target (MB)", text, value, "min")
-            row["round reached"] = rtext
+            rows.cell(row, "to target (MB)", text, value, "min", sub.index)
+            row["round reached"] = rows.marked(rtext, sub.index)
             rows.rows.append(row)
     rule = (f"the given target global ACC {float(target):.3f}" if target is not None else
             f"a target global ACC of the {GLOBAL_FLOOR} + {TARGET_SHARE:g} × (FedAvg's reported global ACC "
@@ -398,7 +443,7 @@ def t5_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     runs = personal_runs(tidy, select)
     runs = runs.join(v.values(tidy, "run", "comm", ["uplink_total"], split=None)[["uplink_total"]])
     dim_cols = v.dims(runs)
-    rows = Rows()
+    rows = Rows(runs)
     cols = {"ACC": "acc", "ΔACC": "d_acc", "AUC": "auc", "ΔAUC": "d_auc", "F1": "f1", "ΔF1": "d_f1"}
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
@@ -445,7 +490,7 @@ def t6_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     if (runs["param"] == "").all():
         raise ValueError("T6: no FedMIC run changes the energy schedule, tau, alpha or beta alone")
     dim_cols = v.dims(runs)
-    rows = Rows()
+    rows = Rows(runs)
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         dcells = v.dim_cells(dim_cols, s)
@@ -498,7 +543,7 @@ def t8_table(tidy: pd.DataFrame) -> Table:
     runs = v.values(tidy, "run", "cost", ["params_shared", "params_personal", "train_s_per_client",
                                           "peak_rss_mb"], split=None)
     dim_cols = v.dims(runs, exclude=["lam"])  # cost barely depends on λ
-    rows = Rows()
+    rows = Rows(runs)
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         for arm in v.arm_order(here):
@@ -508,10 +553,10 @@ def t8_table(tidy: pd.DataFrame) -> Table:
             evaluated = np.where(np.isfinite(personal), personal, shared)
             for name, x in (("shared params", shared), ("evaluated params", evaluated)):
                 top = float(np.nanmax(x)) if np.isfinite(x).any() else math.nan
-                rows.cell(row, name, f"{int(top)}" if math.isfinite(top) else NA, top)
+                rows.cell(row, name, f"{int(top)}" if math.isfinite(top) else NA, top, runs_index=sub.index)
             rows.stat(row, "train s/client/round", sub["train_s_per_client"], how="min")
             memory = np.where(np.isfinite(personal), personal * FLOAT32_BYTES, 0.0) / 1e6
-            rows.cell(row, "client memory (MB)", _mb_text(memory), v.finite_mean(memory), "min")
+            rows.cell(row, "client memory (MB)", _mb_text(memory), v.finite_mean(memory), "min", sub.index)
             rows.stat(row, "peak RSS (MB)", sub["peak_rss_mb"], how="min", digits=0)
             rows.rows.append(row)
     caption = (
@@ -537,7 +582,7 @@ def t9_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     runs = runs.join(v.values(tidy, _select(select), "global", ["acc", "auc", "f1"], prefix="g_")[
         ["g_acc", "g_auc", "g_f1"]])
     dim_cols = v.dims(runs)
-    rows = Rows()
+    rows = Rows(runs)
     cols = {"global ACC": ("g_acc", "max"), "global AUC": ("g_auc", "max"), "global F1": ("g_f1", "max"),
             "personal ACC": ("acc", "max"), "Δ personal ACC": ("d_acc", "max"),
             "client std": ("acc_std", "min"), "worst-decile ACC": ("acc_worst_decile", "max")}

@@ -130,6 +130,9 @@ def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
             add("last", "personal", metric, value, split="test", client=cid)
     for metric in SUMMARY_COMM:
         add("run", "comm", metric, summary.get(metric))
+    # rounds in which no update reached the server (every sampled client dropped, skipped or
+    # lost): the tables flag the runs with such rounds, as they flag skipped updates
+    add("run", "comm", "unaggregated_rounds", sum(h.get("aggregated") == 0 for h in run["history"]))
     for metric, value in sorted((run.get("floors") or {}).items()):
         add("run", "floor", metric, value, split="test")
     for split, sizes in (("train", run.get("n_train")), ("test", run.get("n_test"))):

@@ -125,12 +125,39 @@ def describe_changes(changes: dict) -> str:
 # --------------------------------------------------------------------------- runs
 
 
+# A run's health, marked beside every number of a table that uses it: updates dropped as not
+# finite (on_nonfinite: skip), and rounds that aggregated no update (the global model stood still).
+HEALTH = {"skipped_total": "†", "unaggregated_rounds": "‡"}
+
+
 def runs(tidy: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, in the frame's order: its coordinates and what names its arm."""
+    """One row per run, in the frame's order: its coordinates, what names its arm, and its
+    health counts (HEALTH; NaN in a results file collected before they were recorded)."""
     out = tidy.drop_duplicates(RUN_KEY)[RUN_KEY + RUN_INFO].reset_index(drop=True)
     out["label"] = [pretty_arm(a, m) for a, m in zip(out["arm"], out["method"])]
     out["changes"] = [json.loads(h) for h in out["hp_changes"]]
+    m = (tidy["select"] == "run") & (tidy["scope"] == "comm") & tidy["metric"].isin(list(HEALTH))
+    health = tidy[m].set_index(RUN_KEY + ["metric"])["value"].unstack("metric").reindex(columns=list(HEALTH))
+    return out.join(health, on=RUN_KEY)
+
+
+def health_marks(runs_: pd.DataFrame) -> pd.Series:
+    """Per run (same index): the HEALTH marks it earns, '' for a healthy run."""
+    out = pd.Series("", index=runs_.index, dtype=object)
+    for col, mark in HEALTH.items():
+        if col in runs_:
+            out[runs_[col].fillna(0).to_numpy() > 0] += mark
     return out
+
+
+def averaged_k(tidy: pd.DataFrame) -> pd.Series:
+    """Per run: how many evaluated rounds its reported values average, min(last_k, the rounds
+    it evaluated); a run with fewer evaluated rounds than last_k averages all of them."""
+    ev = tidy[(tidy["select"] == "round") & (tidy["scope"] == "personal") & (tidy["split"] == "test")
+              & (tidy["metric"] == "acc") & tidy["client"].isna()]
+    evaluated = ev.groupby(RUN_KEY)["round"].nunique()
+    last_k = tidy[(tidy["scope"] == "config") & (tidy["metric"] == "last_k")].set_index(RUN_KEY)["value"]
+    return pd.concat([last_k, evaluated.reindex(last_k.index)], axis=1).min(axis=1).dropna().astype(int)
 
 
 def values(tidy: pd.DataFrame, select: str, scope: str, metrics: Sequence[str], split: str | None = "test",

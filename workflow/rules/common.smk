@@ -202,6 +202,9 @@ else:
 if config.get("tensorboard") and not _conda and (_problem := watch.tensorboard_missing()):
     fail(f"config error: tensorboard: true, but {_problem}")
 
+if _problem := grid.repeated_values(config):
+    fail(f"config error: {_problem}")
+
 try:
     RUNS = grid.all_runs(config)
     ARMS = grid.all_arms(config)
@@ -220,6 +223,23 @@ if _problem := grid.identical_arms(config, RUN_CONFIGS):
 
 if _problem := grid.target_problem(config, command_line_targets()):
     fail(_problem)
+
+
+def claim_results_folder():
+    """Before the first job of a real run (onstart: never in a dry run, nor in a job that
+    re-reads the workflow on a cluster node, as those skip hooks): the results and log
+    folders must be writable, and no other workflow may be writing the results folder (a
+    lock in it, held until this Snakemake exits). A dry run may look at a read-only or busy
+    folder: it writes nothing."""
+    from fedmic.utils import LOCK_NAME, FolderLocked, check_writable, describe_os_error, hold_folder_lock
+
+    try:
+        check_writable(os.path.join(RESULTS, LOCK_NAME), os.path.join(LOGS, LOCK_NAME))
+        hold_folder_lock(RESULTS)
+    except OSError as e:
+        fail(describe_os_error(e))
+    except FolderLocked as e:
+        fail(str(e))
 
 
 wildcard_constraints:

@@ -13,7 +13,7 @@ rule download:
         fedmic=FEDMIC,
         root=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root} --quiet > {log} 2>&1"
+        "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root:q} --quiet > {log:q} 2>&1"
 
 
 # ancient(): a dataset copied or downloaded again gets a new mtime but the same bytes (every
@@ -33,6 +33,6 @@ rule partition:
         root=DATA_ROOT,
         min_size=config.get("partition", {}).get("min_size", 10),
     shell:
-        "{params.fedmic} partition --dataset {wildcards.dataset} --root {params.root} --scheme {wildcards.scheme}"
+        "{params.fedmic} partition --dataset {wildcards.dataset} --root {params.root:q} --scheme {wildcards.scheme}"
         " --lam {wildcards.lam} --clients {wildcards.clients} --seed {wildcards.seed}"
-        " --min-size {params.min_size} --out {output} > {log} 2>&1"
+        " --min-size {params.min_size} --out {output:q} > {log:q} 2>&1"

@@ -28,8 +28,8 @@ rule collect_all:
         config=lambda wc: json.dumps(config, sort_keys=True, default=str),
         source=WORKFLOW_SOURCE,
     shell:
-        "{params.fedmic} collect --inputs {input.runs} --out {output.results} --provenance {output.provenance}"
-        " --config {params.config:q} --source {params.source:q} > {log} 2>&1"
+        "{params.fedmic} collect --inputs {input.runs:q} --out {output.results:q} --provenance {output.provenance:q}"
+        " --config {params.config:q} --source {params.source:q} > {log:q} 2>&1"
 
 
 rule collect:
@@ -49,7 +49,7 @@ rule collect:
     params:
         fedmic=FEDMIC,
     shell:
-        "{params.fedmic} collect --inputs {input.runs} --out {output} > {log} 2>&1"
+        "{params.fedmic} collect --inputs {input.runs:q} --out {output:q} > {log:q} 2>&1"
 
 
 for _name in grid.TABLES:
@@ -86,8 +86,8 @@ for _name in grid.TABLES:
                 else ""
             ),
         shell:
-            "{params.fedmic} table {params.name} --inputs {input.runs} --out {params.stem} --root {params.root}"
-            " {params.target} > {log} 2>&1"
+            "{params.fedmic} table {params.name} --inputs {input.runs:q} --out {params.stem:q} --root {params.root:q}"
+            " {params.target} > {log:q} 2>&1"
 
 
 for _name in grid.FIGURES:
@@ -118,4 +118,4 @@ for _name in grid.FIGURES:
             name=_name,
             stem=lambda wc, output: os.path.splitext(output.png)[0],
         shell:
-            "{params.fedmic} figure {params.name} --inputs {input.runs} --out {params.stem} --root {params.root} > {log} 2>&1"
+            "{params.fedmic} figure {params.name} --inputs {input.runs:q} --out {params.stem:q} --root {params.root:q} > {log:q} 2>&1"

@@ -29,7 +29,7 @@ rule train:
         root=DATA_ROOT,
         fingerprint=run_fingerprint,
         settings=train_settings,
-        selection=lambda wc, input: f"--selection {input.selection}" if input.selection else "",
+        selection=lambda wc, input: f"--selection {shlex.quote(str(input.selection))}" if input.selection else "",
     shell:
-        "{params.train} {params.settings} --fingerprint {params.fingerprint} {params.selection} --partition {input.partition}"
-        " --root {params.root} --out {output.run} > {log} 2>&1"
+        "{params.train} {params.settings} --fingerprint {params.fingerprint} {params.selection} --replace-stale-checkpoint"
+        " --partition {input.partition:q} --root {params.root:q} --out {output.run:q} > {log:q} 2>&1"

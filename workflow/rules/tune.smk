@@ -20,4 +20,4 @@ checkpoint select_hp:
     params:
         fedmic=FEDMIC,
     shell:
-        "{params.fedmic} select --inputs {input.runs} --out {output} > {log} 2>&1"
+        "{params.fedmic} select --inputs {input.runs:q} --out {output:q} > {log:q} 2>&1"
