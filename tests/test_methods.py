@@ -206,4 +206,4 @@ def test_config_grid_and_cli_need_no_torch(tmp_path):
     p = subprocess.run([str(exe), "--help"], env=env, capture_output=True, text=True)
     assert p.returncode == 0 and "report-grid" not in p.stdout
     assert set(p.stdout.split("{", 1)[1].split("}", 1)[0].split(",")) == {"download", "partition", "train", "collect", "table",
-                                                                         "figure", "flower"}
+                                                                         "figure", "flower", "select"}
