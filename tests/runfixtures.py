@@ -57,10 +57,10 @@ def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | Non
               auc_pooled: float = 0.95, client_acc=None, gaccs=None, up=(1000, 1000), down=(500, 500),
               floors: dict | None = None, ranks: dict | None = None, params=(100, None), timing=None,
               rss: float = 512.0, valsel_acc: float | None = None, acc_std: float = 0.1,
-              worst: float = 0.4, **cfg_kw) -> Path:
+              worst: float = 0.4, val_accs=None, **cfg_kw) -> Path:
     """One run: accs[i] is the personalised test ACC of round i+1, gaccs[i] the global one
-    (None: no global model); each round moves sum(up) + sum(down) bytes; the summary reports
-    acc/auc/f1 and client_acc per client."""
+    (None: no global model), val_accs[i] the personalised validation ACC (default: accs); each
+    round moves sum(up) + sum(down) bytes; the summary reports acc/auc/f1 and client_acc per client."""
     cfg = run_config(method, arm, hp, **cfg_kw)
     k = cfg["clients"]
     client_acc = list(client_acc) if client_acc is not None else [acc] * k
@@ -70,7 +70,8 @@ def write_run(folder: Path, name: str, *, method: str = "fedavg", arm: str | Non
                 "auc_mean": 0.5 + a / 2, "auc_pooled": auc_pooled, "auc_clients": 2, "f1": a,
                 "per_client_acc": [a] * k, "per_client_auc": [0.5 + a / 2] * (k - 1) + [None],
                 "per_client_f1": [a] * k, "n": 100}
-        ev = {"personal": {"test": pers, "val": {**pers, "n": 50}}}
+        ev = {"personal": {"test": pers, "val": {**pers, "n": 50,
+                                                 **({"acc": val_accs[i - 1]} if val_accs is not None else {})}}}
         if gaccs is not None:
             g = {"acc": gaccs[i - 1], "auc": 0.8, "f1": 0.6, "n": 1000}
             ev["global"] = {"test": g, "val": {**g, "n": 500}}

@@ -25,7 +25,6 @@ from fedmic.report import views as v
 from fedmic.report.io import MISSING, mean_std, write_table
 
 NA = "n/a"
-ALPHA = 0.05  # two-sided level of T2's paired test
 TARGET_SHARE = 0.9  # T4: the target closes this share of the gap from the floor to FedAvg
 FLOAT32_BYTES = 4
 PRIOR_FLOOR, GLOBAL_FLOOR = v.PRIOR_FLOOR, v.GLOBAL_FLOOR
@@ -176,73 +175,84 @@ def _auc_clients(here: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- T2
 
 
-def paired_test(tidy: pd.DataFrame, setting: pd.DataFrame, arm_a: str, arm_b: str) -> dict:
-    """Wilcoxon signed-rank test (two-sided) of arm_a vs arm_b on the personalised test ACC of
-    each (seed, client) both report (clients pair up: the same seed shares the partition)."""
-    from scipy.stats import rankdata, wilcoxon
-
-    keys = setting.loc[setting["arm"].isin([arm_a, arm_b]), v.RUN_KEY]
-    pc = v.per_client(tidy).merge(keys, on=v.RUN_KEY)
-    pairs = pc.pivot_table(index=["seed", "client"], columns="arm", values="value").dropna()
-    if arm_a not in pairs or arm_b not in pairs:
-        return {"n": 0, "p": math.nan, "direction": math.nan}
-    d = (pairs[arm_a] - pairs[arm_b]).to_numpy()
-    # The direction the test saw: positive minus negative signed ranks of the non-zero
-    # differences (a median would say 0 where most clients tie, as single-class ones do).
-    nz = d[d != 0]
-    ranks = rankdata(np.abs(nz))
-    out = {"n": int(len(d)), "direction": float(ranks[nz > 0].sum() - ranks[nz < 0].sum()), "p": math.nan}
-    if nz.size:
-        out["p"] = float(wilcoxon(pairs[arm_a], pairs[arm_b], zero_method="wilcox").pvalue)
-    elif len(d):
-        out["p"] = 1.0  # every pair equal: no evidence of a difference
-    return out
+# Fixed before any test number is read (docs/results.md): FedMIC against Local, against FedKD,
+# its nearest relative, and against the baseline that scores best on VALIDATION.
+COMPARED = (("Local", "local"), ("FedKD", "fedkd"))
+COMPARISON = "FedMIC − arm (95 % CI), p Holm"
 
 
-def _test_text(res: dict) -> str:
-    if res["n"] == 0:
-        return NA
-    if not math.isfinite(res["p"]) or res["p"] >= ALPHA:
-        verdict = "n.s."
-    else:
-        verdict = "higher" if res["direction"] > 0 else "lower"
-    p = "1" if res["p"] == 1.0 else f"{res['p']:.2g}"
-    return f"{verdict}, p={p}, n={res['n']}"
+def _arm_pool(here: pd.DataFrame) -> pd.DataFrame:
+    """The arms a setting's comparisons are drawn from: the tuned ones where the table holds
+    tuned arms (tuned against tuned), else every arm at its method's defaults."""
+    from fedmic.tuning import TUNED_SUFFIX
+
+    tuned = here[here["arm"].str.endswith(TUNED_SUFFIX)]
+    return tuned if not tuned.empty else here[here["hp_changes"] == "{}"]
 
 
-def fedmic_arm(here: pd.DataFrame) -> str | None:
-    """FedMIC at its defaults (the arm named fedmic if there is one)."""
-    cand = here[(here["method"] == "fedmic") & (here["hp_changes"] == "{}")]
+def _pool_arm(pool: pd.DataFrame, method: str) -> str | None:
+    cand = pool[pool["method"] == method]
     if cand.empty:
         return None
-    return "fedmic" if (cand["arm"] == "fedmic").any() else v.arm_order(cand)[0]
+    named = [a for a in v.arm_order(cand) if a.startswith(method)]
+    return (named or v.arm_order(cand))[0]
+
+
+def setting_comparisons(here: pd.DataFrame, scores: pd.Series) -> tuple[str | None, list[dict]]:
+    """FedMIC's arm in a setting and its fixed comparisons: [{role, arm, n, mean, low, high, p}],
+    each the paired difference FedMIC − arm over the seeds both ran (fedmic/report/stats.py)."""
+    from fedmic.report import stats
+
+    pool = _arm_pool(here)
+    mic = _pool_arm(pool, "fedmic")
+    if mic is None:
+        return None, []
+    roles: dict[str, list[str]] = {}
+    for label, method in COMPARED:
+        if (arm := _pool_arm(pool, method)) is not None:
+            roles.setdefault(arm, []).append(label)
+    if (best := stats.best_on_validation(pool, scores)) is not None:
+        roles.setdefault(best, []).append("best on validation")
+    by_seed = here.set_index(["arm", "seed"])["acc"]
+    out = []
+    for arm, labels in roles.items():
+        pair = pd.concat([by_seed[mic], by_seed[arm]], axis=1, join="inner").to_numpy()
+        out.append({"role": ", ".join(labels), "arm": arm, **stats.paired_difference(pair[:, 0], pair[:, 1])})
+    return mic, out
+
+
+def _comparison_text(c: dict) -> str:
+    if c["n"] < 2:
+        return f"{c['role']}: {NA} ({c['n']} seed)"
+    p = "1" if c["p_holm"] == 1.0 else f"{c['p_holm']:.2g}"
+    return f"{c['role']}: {c['mean']:+.3f} ({c['low']:+.3f}, {c['high']:+.3f}), p={p}"
 
 
 def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Main comparison: per setting, every arm's personalised ACC, AUC, F1 with its margin over
-    the client-prior floor, the pooled AUC, and FedMIC against the best baseline."""
+    the client-prior floor, the pooled AUC, and FedMIC's comparisons fixed in advance."""
+    from fedmic.report import stats
+
     runs = personal_runs(tidy, select)
     dim_cols = v.dims(runs)
-    rows, tests = Rows(runs), []
+    scores = stats.validation_scores(tidy)
+    rows, cells = Rows(runs), []
+    cols = {"ACC": "acc", "ΔACC": "d_acc", "AUC": "auc", "ΔAUC": "d_auc", "F1": "f1", "ΔF1": "d_f1",
+            "AUC pooled": "auc_pooled"}
     for s in v.settings(runs, dim_cols):
         here = v.in_setting(runs, dim_cols, s)
         dcells = v.dim_cells(dim_cols, s)
-        mic = fedmic_arm(here) if select == "last" else None
-        base = here[here["method"] != "fedmic"].groupby("arm", sort=False)["acc"].mean()
-        best = base.idxmax() if mic and base.notna().any() else None
-        res = paired_test(tidy, here, mic, best) if best else None
-        if res:
-            tests.append(res["n"])
-        cols = {"ACC": "acc", "ΔACC": "d_acc", "AUC": "auc", "ΔAUC": "d_auc", "F1": "f1", "ΔF1": "d_f1",
-                "AUC pooled": "auc_pooled"}
+        mic, comparisons = setting_comparisons(here, scores)
+        by_arm = {c["arm"]: c for c in comparisons}
         for arm in v.arm_order(here):
             sub = here[here["arm"] == arm]
             row = {**dcells, "method": sub["label"].iloc[0]}
             for name, col in cols.items():
                 rows.stat(row, name, sub[col], signed=name.startswith("Δ"))
             row["AUC clients"] = ""
-            row["FedMIC vs best baseline"] = (_test_text(res) if arm == mic else
-                                              "best baseline" if arm == best else "")
+            row[COMPARISON] = "reference" if arm == mic else ""
+            if arm in by_arm:
+                cells.append((row, by_arm[arm]))
             rows.rows.append(row)
         _floor_rows(rows, dcells, here, list(cols), {
             PRIOR_FLOOR: {"ACC": "client_prior_acc", "AUC": "client_prior_auc", "F1": "client_prior_f1",
@@ -251,14 +261,23 @@ def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
         rows.rows[-2]["AUC clients"] = _auc_clients(here)
         rows.rows[-1]["AUC clients"] = ""
         for r in rows.rows[-2:]:
-            r["FedMIC vs best baseline"] = ""
+            r[COMPARISON] = ""
+    # one family: every comparison of the table
+    for (row, c), p in zip(cells, stats.holm([c["p"] for _, c in cells])):
+        c["p_holm"] = p
+        row[COMPARISON] = _comparison_text(c)
     test_text = ""
-    if tests and max(tests) > 0:
-        n = f"{min(tests)}" if min(tests) == max(tests) else f"{min(tests)}–{max(tests)}"
-        test_text = (f" FedMIC vs best baseline: two-sided Wilcoxon signed-rank test of FedMIC's "
-                     f"personalised test ACC against the baseline with the highest mean ACC in the "
-                     f"setting, paired by (seed, client) ({n} pairs per setting; zero differences "
-                     f"dropped); higher/lower: p < {ALPHA:g}, n.s.: not significant at {ALPHA:g}.")
+    if cells:
+        family = sum(1 for _, c in cells if math.isfinite(c["p"]))
+        seeds = sorted({c["n"] for _, c in cells})
+        test_text = (f" {COMPARISON}: fixed before any test number was read, FedMIC against Local, against "
+                     f"FedKD (its nearest relative) and against the baseline with the highest mean personalised "
+                     f"VALIDATION ACC over seeds (mean of each run's last k evaluated rounds), tuned arms "
+                     f"against tuned arms where the table has them. Value: FedMIC minus the arm, the mean over "
+                     f"seeds of the paired difference in personalised test ACC, with its 95 % t confidence "
+                     f"interval; p: two-sided paired t-test over seeds (the run is the unit: the clients of a "
+                     f"run share one federation), Holm-adjusted over the {family} comparisons of this table; "
+                     f"{'/'.join(map(str, seeds))} seeds per comparison.")
     caption = (
         f"Main comparison: personalised test ACC, AUC and macro-F1 ({_select_text(select, tidy)}), "
         f"each client's evaluated model on its own test set, computed per client and averaged over "
@@ -675,4 +694,4 @@ def build(name: str, tidy: pd.DataFrame, target: float | None = None) -> Table:
     return BUILDERS[key](tidy, select=select)
 
 
-__all__ = ["Table", "build", "default_target", "bytes_to_target", "paired_test", *[f"{k}_table" for k in BUILDERS]]
+__all__ = ["Table", "build", "default_target", "bytes_to_target", "setting_comparisons", *[f"{k}_table" for k in BUILDERS]]
