@@ -277,7 +277,7 @@ def t2_table(tidy: pd.DataFrame, select: str = "last") -> Table:
                      f"seeds of the paired difference in personalised test ACC, with its 95 % t confidence "
                      f"interval; p: two-sided paired t-test over seeds (the run is the unit: the clients of a "
                      f"run share one federation), Holm-adjusted over the {family} comparisons of this table; "
-                     f"{'/'.join(map(str, seeds))} seeds per comparison.")
+                     f"{'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'} per comparison.")
     caption = (
         f"Main comparison: personalised test ACC, AUC and macro-F1 ({_select_text(select, tidy)}), "
         f"each client's evaluated model on its own test set, computed per client and averaged over "
