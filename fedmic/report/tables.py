@@ -323,12 +323,18 @@ def _pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], sele
 def t3_table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Low participation: personalised ACC per arm × join ratio."""
     t, runs, dim_cols = _pivot(tidy, "join_ratio", lambda x: f"join ratio {x:g}", select)
+    config = tidy[(tidy["scope"] == "config") & tidy["metric"].isin(["rounds", "eval_every"])]
+    schedule = config.pivot_table(index="join_ratio", columns="metric", values="value", aggfunc=lambda x: sorted(set(x)))
+    rounds = "; ".join(f"{j:g}: {'/'.join(f'{r:g}' for r in row['rounds'])} rounds, evaluated every "
+                       f"{'/'.join(f'{e:g}' for e in row['eval_every'])}" for j, row in schedule.iterrows())
     t.caption = (
         f"Low participation: personalised test ACC ({_select_text(select, tidy)}) for each fraction of "
         f"clients sampled per round (join ratio), mean ± std over seeds ({_seed_span(runs, dim_cols)} per "
         f"cell), and Δ, the margin over the {PRIOR_FLOOR} (each client outputs its own training label "
-        f"distribution). Every client is evaluated every time. Best per column within each setting "
-        f"in bold; n/a: undefined; –: not run."
+        f"distribution). Rounds per join ratio ({rounds}): unless the config says otherwise "
+        f"(tables.t3.scale_rounds), they are scaled so that a client trains about as often, and is scored "
+        f"as many times, as in the main runs. Every client is evaluated every time. Best per column "
+        f"within each setting in bold; n/a: undefined; –: not run."
     )
     return t
 
