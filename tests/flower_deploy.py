@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from flower_grid import make_site
+from flower_grid import make_site, with_this_fedmic
 
 BIN = Path(sys.executable).parent
 
@@ -92,8 +92,9 @@ class Deployment:
     def env(self, home: Path) -> dict:
         home.mkdir(parents=True, exist_ok=True)
         # Flower starts its helpers (flower-superexec, flwr-clientapp, ...) by name: the venv first
-        return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home),
-                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "PYTHONUNBUFFERED": "1"}
+        return with_this_fedmic({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                 "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                                 "PYTHONUNBUFFERED": "1"})
 
     def spawn(self, name: str, cmd: list[str], home: Path) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("a")
