@@ -230,6 +230,19 @@ def test_a_site_that_never_returns_stops_the_run(part, crashing_grid, tmp_path):
     print(f"a site lost in round 1 stopped the run after {time.monotonic() - t0:.1f} s")
 
 
+def test_two_live_sites_with_one_partition_id_stop_the_run(part, tmp_path):
+    """A second node claiming a partition-id is taken for the site restarted under a new node id
+    only once the first is lost; while both answer, the run stops."""
+    sites = [make_site(tmp_path, i, DATA, part) for i in range(K)]
+    g = ProcessGrid(sites + [sites[1]], tmp_path / "logs")
+    try:
+        with pytest.raises(SiteFailure, match=r"SuperNodes \d+ and \d+ both say partition-id 1 and both answer; "
+                                              r"give each site its own partition-id"):
+            flower(run_config("fedavg", join_ratio=1.0), part, tmp_path / "f.json", g, timeout=60)
+    finally:
+        g.kill()
+
+
 def test_the_core_package_runs_without_flower(tmp_path):
     """fedmic (engine, CLI, `fedmic flower app`) imports no Flower module: it works without the extra."""
     code = ("import sys, importlib.abc\n"

@@ -123,7 +123,8 @@ class FlowerRun(Simulation):
         self.asked: dict[str, tuple[int, float]] = {}  # query message id -> the node it asks, when
         self.ask_after: dict[int, float] = {}  # node id -> when it may be asked (again) who it is
         self.lost: dict[int, tuple[float, str]] = {}  # client -> since when it is lost, and which message
-        self.contested: dict[int, float] = {}  # client -> when a second node claimed it while the first lived
+        self.contested: dict[int, tuple[float, int]] = {}  # client -> when a second node claimed it while
+        #                                                      the first lived, and that node
         self.slowest: dict[str, float] = {}   # message kind -> the slowest reply so far (seconds)
         self.transport: list[dict] = []
         self.sent = 0                     # bytes of the messages and replies of this round
@@ -166,17 +167,24 @@ class FlowerRun(Simulation):
                 self.ask_after[n] = float("inf") if mid else now + self.opts.retry_wait
                 if mid:
                     self.asked[mid] = (n, now)
-        # a node that took the question and crashed may never answer it: ask again
-        for mid, (n, t) in list(self.asked.items()):
-            if now - t > self.message_deadline("query"):
-                del self.asked[mid]
+        # a node that took the question and crashed may never answer it: ask again (an answer
+        # to the earlier question counts as well)
+        last_asked: dict[int, float] = {}
+        for n, t in self.asked.values():
+            last_asked[n] = max(t, last_asked.get(n, t))
+        for n, t in last_asked.items():
+            if now - t > self.message_deadline("query") and n in online:
                 self.ask_after[n] = now
         if not self.asked:
             return
         for r in self.grid.pull_messages(list(self.asked)):
-            node, _ = self.asked.pop(r.metadata.reply_to_message_id, (None, 0.0))
+            node, sent_at = self.asked.pop(r.metadata.reply_to_message_id, (None, 0.0))
             if node is None:
                 continue
+            if not r.has_error():
+                self.slowest["query"] = max(self.slowest.get("query", 0.0), time.monotonic() - sent_at)
+                for mid in [m for m, (n, _) in self.asked.items() if n == node]:
+                    del self.asked[mid]  # answered: earlier or later copies add nothing
             if r.has_error():
                 if r.error.code in RESEND:  # ask again when it may be back
                     self.ask_after[node] = time.monotonic() + self.opts.retry_wait
@@ -199,9 +207,9 @@ class FlowerRun(Simulation):
             if old is not None and old != node:
                 if old in online and cid not in self.lost:
                     # a site restarted under a new node id while its old node's heartbeat has not
-                    # expired yet, or two sites with one partition-id: the old node's next reply tells
-                    self.contested.setdefault(cid, time.monotonic())
-                    self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+                    # expired yet, or two sites with one partition-id: the old node's next reply
+                    # tells (both answer), or its loss (the new node takes over)
+                    self.contested.setdefault(cid, (time.monotonic(), node))
                     continue
                 log.warning("partition-id %d is now SuperNode %d (was %d)", cid, node, old)
             self.contested.pop(cid, None)
@@ -214,6 +222,9 @@ class FlowerRun(Simulation):
         self.lost.setdefault(c, (time.monotonic(), f"{kind} message of round {rnd}"))
         if (node := self.nodes.pop(c, None)) is not None:
             self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+        if c in self.contested:  # the node that claimed its partition-id meanwhile
+            self.nodes[c] = self.contested.pop(c)[1]
+            log.warning("partition-id %d is now SuperNode %d (was %s)", c, self.nodes[c], node)
 
     # --- one exchange of messages -------------------------------------------------------
     def exchange(self, kind: str, rnd: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
@@ -235,8 +246,8 @@ class FlowerRun(Simulation):
                         f"partition-id {c} is lost since its {self.lost[c][1]} ({now - self.lost[c][0]:.0f} s ago; "
                         f"now in {kind} round {rnd}), longer than site-timeout={self.opts.site_timeout:g} s: "
                         "restart its SuperNode and the run again (it resumes from its checkpoint), or raise site-timeout")
-            if any(c not in self.nodes for c in due):
-                self.discover()
+            if self.asked or any(c not in self.nodes for c in due):
+                self.discover()  # also reads late answers: a restarted site, two sites claiming one id
             ready = [c for c, t in due.items() if t <= now and c in self.nodes]
             if ready:
                 msgs = [Message(contents[c], dst_node_id=self.nodes[c], message_type=kind, group_id=str(rnd))
@@ -255,8 +266,9 @@ class FlowerRun(Simulation):
                 if c is None or c in replies:
                     continue
                 if not r.has_error():
-                    if (since := self.contested.get(c)) is not None and since < sent_at:
-                        raise SiteFailure(f"SuperNodes {self.nodes.get(c)} and another both say partition-id {c} "
+                    since, other = self.contested.get(c, (float("inf"), None))
+                    if since < sent_at:
+                        raise SiteFailure(f"SuperNodes {self.nodes.get(c)} and {other} both say partition-id {c} "
                                           "and both answer; give each site its own partition-id")
                     replies[c] = r.content
                     self.sent += message_bytes(r)
