@@ -243,6 +243,15 @@ def test_two_live_sites_with_one_partition_id_stop_the_run(part, tmp_path):
         g.kill()
 
 
+def test_the_waits_are_read_from_the_run_config():
+    rc = {"config": "c.yaml", "partition": "p.json", "out": "o.json"}
+    opts = Options.from_run_config({**rc, "message-timeout": 30, "site-timeout": 90.5})
+    assert (opts.message_timeout, opts.site_timeout, opts.timeout) == (30.0, 90.5, Options.timeout)
+    for bad in ("soon", 0, -5):
+        with pytest.raises(ValueError, match=r"\['site-timeout'\] must be a number of seconds > 0"):
+            Options.from_run_config({**rc, "site-timeout": bad})
+
+
 def test_the_core_package_runs_without_flower(tmp_path):
     """fedmic (engine, CLI, `fedmic flower app`) imports no Flower module: it works without the extra."""
     code = ("import sys, importlib.abc\n"
