@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from flower_grid import make_site
+from flower_grid import make_site, with_this_fedmic
 
 BIN = Path(sys.executable).parent
 
@@ -68,7 +68,10 @@ def alive(pid: int) -> bool:
 
 
 class Deployment:
-    def __init__(self, root: Path, data: Path, partition: Path, nodes: int):
+    """`crashes`: site -> where its ClientApp stops dead (FEDMIC_FLOWER_CRASH_AT, "after-store@2"),
+    once armed (`arm`): every SuperNode of such a site starts with it, its marker file present."""
+
+    def __init__(self, root: Path, data: Path, partition: Path, nodes: int, crashes: dict[int, str] | None = None):
         from fedmic.flower.cli import write_app
         from fedmic.flower.credentials import make_node_key, make_tls
 
@@ -82,6 +85,9 @@ class Deployment:
         self.counts = root / "wire.json"
         self.procs: dict[str, subprocess.Popen] = {}
         self.node_ports = [free_port() for _ in range(nodes)]
+        self.crashes = crashes or {}
+        for i in self.crashes:
+            self.crash_marker(i).touch()
         self.cli_home = root / "home-cli"
         self.cli_home.mkdir()
         # the CLI's connection to the SuperLink: its Control API, with TLS
@@ -92,12 +98,14 @@ class Deployment:
     def env(self, home: Path) -> dict:
         home.mkdir(parents=True, exist_ok=True)
         # Flower starts its helpers (flower-superexec, flwr-clientapp, ...) by name: the venv first
-        return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(home),
-                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "PYTHONUNBUFFERED": "1"}
+        return with_this_fedmic({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                 "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                                 "PYTHONUNBUFFERED": "1"})
 
-    def spawn(self, name: str, cmd: list[str], home: Path) -> subprocess.Popen:
+    def spawn(self, name: str, cmd: list[str], home: Path, env: dict | None = None) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("a")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(home), cwd=self.root)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**self.env(home), **(env or {})},
+                                cwd=self.root)
         self.procs[name] = proc
         return proc
 
@@ -156,8 +164,18 @@ class Deployment:
         self.node_ports.append(free_port())
         return self.node_ports[-1]
 
-    def start_node(self, i: int) -> subprocess.Popen:
-        return self.spawn(f"site{i}", self.node_cmd(i), self.root / f"home-site{i}")
+    def start_node(self, i: int, key: Path | None = None) -> subprocess.Popen:
+        """Site i's SuperNode (its own key, or `key`)."""
+        env = {"FEDMIC_FLOWER_CRASH_AT": self.crashes[i], "FEDMIC_FLOWER_CRASH_MARKER": str(self.crash_marker(i))} \
+            if i in self.crashes else None
+        return self.spawn(f"site{i}", self.node_cmd(i, key=key), self.root / f"home-site{i}", env)
+
+    def crash_marker(self, i: int) -> Path:
+        return self.root / f"crashed-site{i}"
+
+    def arm(self, i: int) -> None:
+        """Site i stops dead at its crash point when it gets there (once: that writes the marker)."""
+        self.crash_marker(i).unlink()
 
     def connected(self, name: str) -> bool:
         return "SuperNode ID:" in self.log(name)

@@ -7,10 +7,14 @@ SuperLink, SuperNodes, TLS, authentication, polling (tests/test_flower_deploy.py
 
 `faults` makes the grid lose messages the way a deployment can: ("unavailable", kind, round, cid)
 answers that message once with Flower's NODE_UNAVAILABLE error (the site never saw it); ("lost",
-kind, round, cid) lets the site do the work but loses every reply to it."""
+kind, round, cid) lets the site do the work but loses every reply to it. `restart` kills a site's
+worker (with the message it held) and starts it again, under the same node id or a new one: the
+lost message gets no error, as on a SuperLink that a crashed node rejoined in time."""
 from __future__ import annotations
 
+import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
@@ -24,6 +28,13 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.task_identity import TaskIdentity
 
 WORKER = Path(__file__).with_name("flower_site_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def with_this_fedmic(env: dict) -> dict:
+    """`env` for a process that must import this checkout's fedmic (the site compares a hash of
+    its code with the server's), whichever fedmic the environment has installed."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])}
 NODE0 = 7001  # Flower-like node ids, unrelated to the partition ids
 
 
@@ -51,21 +62,53 @@ def read_frame(stream):
 
 
 class ProcessGrid:
-    def __init__(self, node_configs: list[dict], logs: Path, faults: set | None = None):
-        self.node_configs, self.faults = node_configs, set(faults or ())
+    def __init__(self, node_configs: list[dict], logs: Path, faults: set | None = None, env: dict | None = None):
+        self.node_configs, self.faults, self.logs = node_configs, set(faults or ()), logs
+        self.env = env or {}  # site -> extra environment variables of its worker
         # this process plays the ServerApp's task (Flower sets these in the process it starts)
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.replies: dict[str, Message] = {}
         self.cid: dict[str, int] = {}  # message id -> the client it went to
         self.lock = threading.Lock()
-        self.workers = {}
+        self.workers: dict[int, subprocess.Popen] = {}
+        self.outbox: dict[int, queue.Queue] = {}  # node id -> frames its writer thread sends
+        self.site: dict[int, int] = {}  # node id -> site
         logs.mkdir(parents=True, exist_ok=True)
-        for i, nc in enumerate(node_configs):
-            proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=(logs / f"worker{i}.log").open("w"))
-            send_frame(proc.stdin, (NODE0 + i, nc))
-            threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-            self.workers[NODE0 + i] = proc
+        for i in range(len(node_configs)):
+            self._start(i, NODE0 + i)
+
+    def _start(self, i: int, node_id: int) -> None:
+        proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=(self.logs / f"worker{i}.log").open("a"), env=with_this_fedmic({**os.environ, **self.env.get(i, {})}))
+        outbox = queue.Queue()
+        outbox.put((node_id, self.node_configs[i]))
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        threading.Thread(target=self._write, args=(proc, outbox), daemon=True).start()
+        with self.lock:
+            self.workers[node_id], self.outbox[node_id], self.site[node_id] = proc, outbox, i
+
+    @staticmethod
+    def _write(proc: subprocess.Popen, outbox: queue.Queue) -> None:
+        # a thread per worker: a frozen site stops reading, and must not stop the server
+        while (frame := outbox.get()) is not None:
+            try:
+                send_frame(proc.stdin, frame)
+            except OSError:  # killed: what it was sent is lost
+                return
+        proc.stdin.close()
+
+    def restart(self, i: int, new_id: bool) -> int:
+        """Kill site i's worker and the message handler it runs, start it again; its node id."""
+        from flower_deploy import kill_tree
+
+        with self.lock:
+            old = next(n for n, s in self.site.items() if s == i and n in self.workers)
+            proc = self.workers.pop(old)
+            self.outbox.pop(old).put(None)
+        kill_tree(proc)
+        node_id = max(self.site) + 1 if new_id else old
+        self._start(i, node_id)
+        return node_id
 
     def _read(self, proc: subprocess.Popen) -> None:
         while (frame := read_frame(proc.stdout)) is not None:
@@ -81,22 +124,24 @@ class ProcessGrid:
 
     # --- what FlowerRun uses of Flower's Grid -----------------------------------------------
     def get_node_ids(self) -> list[int]:
-        return list(self.workers)
+        with self.lock:
+            return list(self.workers)
 
     def push_messages(self, messages) -> list[str]:
         ids = []
         for msg in messages:
             msg_id = msg.object_id
             msg.metadata.__dict__["_message_id"] = msg_id
-            self.cid[msg_id] = msg.metadata.dst_node_id - NODE0
+            self.cid[msg_id] = self.site[msg.metadata.dst_node_id]
             key = ("unavailable", *self._key(msg))
-            if key in self.faults:
-                self.faults.discard(key)  # once: the resend goes through
-                with self.lock:
+            with self.lock:
+                outbox = self.outbox.get(msg.metadata.dst_node_id)  # None: replaced by a new node id
+                if key in self.faults or outbox is None:
+                    self.faults.discard(key)  # once: the resend goes through
                     self.replies[msg_id] = Message(Error(ErrorCode.NODE_UNAVAILABLE, "test: node unavailable"),
                                                    reply_to=msg)
-            else:
-                send_frame(self.workers[msg.metadata.dst_node_id].stdin, pack(msg))
+                else:
+                    outbox.put(pack(msg))
             ids.append(msg_id)
         return ids
 
@@ -104,9 +149,16 @@ class ProcessGrid:
         with self.lock:
             return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
-    def close(self) -> None:
+    def kill(self) -> None:
+        """Stop every worker and what it runs (a frozen site never reads the end of its input)."""
+        from flower_deploy import kill_tree
+
         for proc in self.workers.values():
-            proc.stdin.close()
+            kill_tree(proc)
+
+    def close(self) -> None:
+        for outbox in self.outbox.values():
+            outbox.put(None)
         for proc in self.workers.values():
             proc.wait(30)
         assert all(p.returncode == 0 for p in self.workers.values()), [p.returncode for p in self.workers.values()]

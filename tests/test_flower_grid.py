@@ -8,16 +8,19 @@ through Flower's real deployment runtime in tests/test_flower_deploy.py."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flwr", reason="the flower extra is not installed (pip install -e '.[flower]')")
 
-from flower_grid import K, ProcessGrid, make_partition_file, make_site, run_config, same_run  # noqa: E402
+from flower_grid import NODE0, K, ProcessGrid, make_partition_file, make_site, run_config, same_run  # noqa: E402
 
 from fedmic.algorithms import ALGORITHMS  # noqa: E402
 from fedmic.engine import DivergenceError, Simulation, dropped_clients, sample_clients  # noqa: E402
@@ -153,6 +156,98 @@ def test_a_resumed_server_continues_with_the_sites_states(part, grid, tmp_path):
     with pytest.raises(SiteFailure, match=rf"client {victim} sent its update of round 1, but its state folder "
                                           rf".*{run}/client{victim} now holds no state: it lost rounds"):
         flower(cfg, part, out, grid)
+
+
+# --- sites that crash ---------------------------------------------------------------------
+# Every client trains every round and no checkpoint is kept: a site asked for a round it already
+# stored must compute it again from the state before it (kept for that), not from a fresh one.
+CRASH_CFG = dict(method="fedmic", join_ratio=1.0, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def crash_engine(part, tmp_path_factory) -> Path:
+    return engine(run_config(**CRASH_CFG), part, tmp_path_factory.mktemp("crash") / "engine.json")
+
+
+@pytest.fixture
+def crashing_grid(part, tmp_path, request):
+    """Fresh sites (their own states) whose site 1 freezes at the point given as the parameter
+    (FEDMIC_FLOWER_CRASH_AT); every worker is killed afterwards."""
+    marker = tmp_path / "crashed"
+    crash = {"FEDMIC_FLOWER_CRASH_AT": request.param, "FEDMIC_FLOWER_CRASH_MARKER": str(marker)}
+    g = ProcessGrid([make_site(tmp_path, i, DATA, part) for i in range(K)], tmp_path / "logs", env={1: crash})
+    g.marker = marker
+    try:
+        yield g
+    finally:
+        g.kill()
+
+
+def restart_when_frozen(grid: ProcessGrid, new_id: bool, within: float = 120) -> dict:
+    """In the background: once site 1 has frozen at its crash point, kill it and start it again."""
+    done = {}
+
+    def watch():
+        deadline = time.monotonic() + within
+        while not grid.marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if grid.marker.exists():
+            done["node"] = grid.restart(1, new_id)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    done["thread"] = t
+    return done
+
+
+@pytest.mark.parametrize("crashing_grid, new_id", [("before-train@1", True), ("after-store@2", False),
+                                                   ("after-reply@1", True)],
+                         indirect=["crashing_grid"])
+def test_a_site_crashed_at_any_point_and_restarted_changes_nothing(crashing_grid, new_id, part, crash_engine,
+                                                                   tmp_path, caplog):
+    """Site 1 stops dead at a point of a round (exactly there: its ClientApp freezes, then the
+    site is killed) and comes back under the same node id (no error ever says its message is
+    lost: the per-message deadline finds it) or a new one. The run ends as an uninterrupted one."""
+    watcher = restart_when_frozen(crashing_grid, new_id)
+    out = tmp_path / "f.json"
+    flower(run_config(**CRASH_CFG), part, out, crashing_grid, timeout=60, message_timeout=3, site_timeout=60)
+    watcher["thread"].join(5)
+    assert crashing_grid.marker.exists() and "node" in watcher, "site 1 never reached its crash point"
+    assert (watcher["node"] != NODE0 + 1) == new_id
+    assert re.search(r"client 1: no reply within \d+ s \(message-timeout\); sending again", caplog.text)
+    same_run(crash_engine, out)
+
+
+@pytest.mark.parametrize("crashing_grid", ["after-store@1"], indirect=True)
+def test_a_site_that_never_returns_stops_the_run(part, crashing_grid, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(SiteFailure, match=r"partition-id 1 is lost since its train message of round 1 \(\d+ s ago; "
+                                          r"now in train round 1\), longer than site-timeout=4 s"):
+        flower(run_config(**CRASH_CFG), part, tmp_path / "f.json", crashing_grid, timeout=60, message_timeout=2,
+               site_timeout=4)
+    assert crashing_grid.marker.exists() and not (tmp_path / "f.json").exists()
+    print(f"a site lost in round 1 stopped the run after {time.monotonic() - t0:.1f} s")
+
+
+def test_two_live_sites_with_one_partition_id_stop_the_run(part, tmp_path):
+    """A second node claiming a partition-id is taken for the site restarted under a new node id
+    only once the first is lost; while both answer, the run stops."""
+    sites = [make_site(tmp_path, i, DATA, part) for i in range(K)]
+    g = ProcessGrid(sites + [sites[1]], tmp_path / "logs")
+    try:
+        with pytest.raises(SiteFailure, match=r"SuperNodes \d+ and \d+ both say partition-id 1 and both answer; "
+                                              r"give each site its own partition-id"):
+            flower(run_config("fedavg", join_ratio=1.0), part, tmp_path / "f.json", g, timeout=60)
+    finally:
+        g.kill()
+
+
+def test_the_waits_are_read_from_the_run_config():
+    rc = {"config": "c.yaml", "partition": "p.json", "out": "o.json"}
+    opts = Options.from_run_config({**rc, "message-timeout": 30, "site-timeout": 90.5})
+    assert (opts.message_timeout, opts.site_timeout, opts.timeout) == (30.0, 90.5, Options.timeout)
+    for bad in ("soon", 0, -5):
+        with pytest.raises(ValueError, match=r"\['site-timeout'\] must be a number of seconds > 0"):
+            Options.from_run_config({**rc, "site-timeout": bad})
 
 
 def test_the_core_package_runs_without_flower(tmp_path):

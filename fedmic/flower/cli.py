@@ -40,6 +40,8 @@ out = ""
 data-root = ""
 timeout = 3600.0
 join-timeout = 600.0
+message-timeout = 120.0
+site-timeout = 1800.0
 wire-counts = ""
 """
 

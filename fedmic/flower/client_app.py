@@ -10,6 +10,7 @@ Flower's own node ids are never used as identities: they change when a node is r
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -48,6 +49,39 @@ def identity(context: Context) -> int:
     return int(nc["partition-id"])
 
 
+CRASH_POINTS = ("before-train", "after-store", "after-reply")
+
+
+def crash_here(point: str, kind: str, rnd: int) -> None:
+    """Stop this site dead at a named point of a round, once, for the crash tests
+    (tests/test_flower_deploy.py, tests/test_flower_grid.py): FEDMIC_FLOWER_CRASH_AT="after-store@2"
+    freezes the ClientApp process where round 2's training has stored its state but not yet
+    returned its reply; the test then kills the site's processes, as a machine losing power.
+    before-train: as round r's training message arrives; after-reply: as the next message after
+    the reply to round r's training arrives (a ClientApp cannot act once it has returned, and the
+    next message proves the reply reached the server). The file FEDMIC_FLOWER_CRASH_MARKER is
+    created first: the test waits for it, and a site restarted with it present goes on."""
+    spec = os.environ.get("FEDMIC_FLOWER_CRASH_AT")
+    if not spec:
+        return
+    want, _, at = spec.partition("@")
+    marker = os.environ.get("FEDMIC_FLOWER_CRASH_MARKER")
+    if want not in CRASH_POINTS or not at.isdigit() or not marker:
+        raise SiteError(f"FEDMIC_FLOWER_CRASH_AT={spec!r}: want POINT@ROUND with POINT one of {list(CRASH_POINTS)}, "
+                        "and FEDMIC_FLOWER_CRASH_MARKER set")
+    at = int(at)
+    hit = {"before-train": point == "start" and kind == "train" and rnd == at,
+           "after-store": point == "after-store" and rnd == at,
+           "after-reply": point == "start" and (rnd > at or (kind == "evaluate" and rnd == at))}[want]
+    if not hit:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def open_site(msg: Message, context: Context) -> tuple[Site, dict]:
     task = get_json(msg.content, "task")
     cid = identity(context)
@@ -80,6 +114,8 @@ def answer(msg: Message, context: Context, work) -> Message:
     """The reply to `msg`: `work(site, task)` returns its content and results; the reply adds how
     long Flower took to start this process and how long the work took."""
     started, t0 = process_age(), time.perf_counter()
+    task = get_json(msg.content, "task")
+    crash_here("start", msg.metadata.message_type, task["round"])
     site, task = open_site(msg, context)
     content, result = work(site, task)
     put_json(content, "result", **result, seconds={"process_start": started, "work": time.perf_counter() - t0})
@@ -90,6 +126,7 @@ def answer(msg: Message, context: Context, work) -> Message:
 def train(msg: Message, context: Context) -> Message:
     def work(site: Site, task: dict):
         reply = site.train_round(task["round"], get_payload(msg.content, "down", site.device), task["committed"])
+        crash_here("after-store", "train", task["round"])
         content = RecordDict()
         if reply.upload is not None:
             put_payload(content, "up", reply.upload)

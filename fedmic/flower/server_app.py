@@ -8,7 +8,13 @@ Run config keys (`flwr run ... --run-config 'config="/abs/run.yaml" ...'`), path
     partition    the partition file; every site holds a copy of it under the same name
     out          the run JSON to write (its checkpoint sits beside it, as in the engine)
     data-root    MedMNIST folder of the coordinator (scores the global model on the official test split)
-    timeout      seconds one exchange (a round's training, an evaluation) waits for the sites' replies
+    timeout      seconds one exchange (a round's training, an evaluation) waits for the sites' replies;
+                 a site still working then is left out of the round (training) or stops the run (evaluation)
+    message-timeout  seconds a message may go unanswered before it is sent again (at least; the
+                 deadline grows to 3 x the slowest reply of its kind so far); a SuperNode that crashed
+                 after taking a message never answers it, and Flower may not say so
+    site-timeout seconds a site may stay lost (its messages unanswered or undeliverable, counted from
+                 the first loss) before the run stops with an error naming it
     join-timeout seconds to wait for every site to connect
     wire-counts  the counts file of the counting proxy in front of the SuperLink (fedmic/flower/proxy.py)
 """
@@ -39,7 +45,9 @@ app = ServerApp()
 
 # A message lost to an unreachable or restarted SuperNode, or to a crashed ClientApp process: sent
 # again (a site's round is a function of its seed and its stored state, so a repeat gives the same
-# reply). Any other error is a site that cannot do the work, and stops the run.
+# reply). Any other error is a site that cannot do the work, and stops the run. A message taken by
+# a SuperNode that then crashed gets no error at all when the node is back (same node id) before
+# the SuperLink noticed it was gone: the per-message deadline catches those.
 RESEND = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
           ErrorCode.CLIENT_APP_CRASHED}
 
@@ -57,13 +65,16 @@ class Options:
     timeout: float = 3600.0
     join_timeout: float = 600.0
     wire_counts: str | None = None
+    message_timeout: float = 120.0
+    site_timeout: float = 1800.0
     poll: float = 0.2          # seconds between two pulls of replies
     retry_wait: float = 5.0    # seconds before a lost message is sent again
 
     @classmethod
     def from_run_config(cls, rc: dict) -> "Options":
         """From the Flower run config; an empty string is an unset value (Flower's config has no null)."""
-        keys = {"config", "partition", "out", "data-root", "timeout", "join-timeout", "wire-counts"}
+        keys = {"config", "partition", "out", "data-root", "timeout", "join-timeout", "wire-counts", "message-timeout",
+                "site-timeout"}
         unknown = sorted(set(rc) - keys)
         missing = [k for k in ("config", "partition", "out") if not rc.get(k)]
         if unknown or missing:
@@ -73,10 +84,17 @@ class Options:
         def text(key):
             return str(rc[key]) if rc.get(key) else None
 
+        seconds = {}
+        for key in ("timeout", "join-timeout", "message-timeout", "site-timeout"):
+            if key in rc:
+                try:
+                    seconds[key.replace("-", "_")] = float(rc[key])
+                except (TypeError, ValueError):
+                    seconds[key.replace("-", "_")] = float("nan")
+        if bad := [k for k, v in seconds.items() if not v > 0]:
+            raise ValueError(f"Flower run config: {[k.replace('_', '-') for k in bad]} must be a number of seconds > 0")
         return cls(config=rc["config"], partition=rc["partition"], out=rc["out"], data_root=text("data-root"),
-                   timeout=float(rc.get("timeout", cls.timeout)),
-                   join_timeout=float(rc.get("join-timeout", cls.join_timeout)),
-                   wire_counts=text("wire-counts"))
+                   wire_counts=text("wire-counts"), **seconds)
 
 
 def message_bytes(msg: Message) -> int:
@@ -102,8 +120,12 @@ class FlowerRun(Simulation):
         self.task = {"config": cfg.to_dict(), "partition": Path(opts.partition).name,
                      "partition_sha256": file_sha256(opts.partition)}
         self.nodes: dict[int, int] = {}       # client id -> Flower node id
-        self.asked: dict[str, int] = {}       # query message id -> the node it asks
+        self.asked: dict[str, tuple[int, float]] = {}  # query message id -> the node it asks, when
         self.ask_after: dict[int, float] = {}  # node id -> when it may be asked (again) who it is
+        self.lost: dict[int, tuple[float, str]] = {}  # client -> since when it is lost, and which message
+        self.contested: dict[int, tuple[float, int]] = {}  # client -> when a second node claimed it while
+        #                                                      the first lived, and that node
+        self.slowest: dict[str, float] = {}   # message kind -> the slowest reply so far (seconds)
         self.transport: list[dict] = []
         self.sent = 0                     # bytes of the messages and replies of this round
         self.wire = wire_counts(opts.wire_counts)
@@ -125,11 +147,16 @@ class FlowerRun(Simulation):
         run = f"{self.cfg.arm}-{self.cfg.fingerprint()}-{uuid.uuid4().hex[:8]}"
         return [{"committed": 0, "run": run} for _ in range(self.cfg.clients)]
 
+    def message_deadline(self, kind: str) -> float:
+        """Seconds a message of `kind` may go unanswered before it is sent again."""
+        return max(self.opts.message_timeout, 3 * self.slowest.get(kind, 0.0))
+
     # --- who is who ---------------------------------------------------------------------
     def discover(self) -> None:
         """Ask nodes not asked yet which partition-id they hold; read the answers that arrived."""
         now = time.monotonic()
-        new = [n for n in self.grid.get_node_ids() if self.ask_after.get(n, 0.0) <= now]
+        online = set(self.grid.get_node_ids())
+        new = [n for n in online if self.ask_after.get(n, 0.0) <= now]
         if new:
             msgs = []
             for n in new:
@@ -139,13 +166,25 @@ class FlowerRun(Simulation):
             for n, mid in zip(new, self.grid.push_messages(msgs)):
                 self.ask_after[n] = float("inf") if mid else now + self.opts.retry_wait
                 if mid:
-                    self.asked[mid] = n
+                    self.asked[mid] = (n, now)
+        # a node that took the question and crashed may never answer it: ask again (an answer
+        # to the earlier question counts as well)
+        last_asked: dict[int, float] = {}
+        for n, t in self.asked.values():
+            last_asked[n] = max(t, last_asked.get(n, t))
+        for n, t in last_asked.items():
+            if now - t > self.message_deadline("query") and n in online:
+                self.ask_after[n] = now
         if not self.asked:
             return
         for r in self.grid.pull_messages(list(self.asked)):
-            node = self.asked.pop(r.metadata.reply_to_message_id, None)
+            node, sent_at = self.asked.pop(r.metadata.reply_to_message_id, (None, 0.0))
             if node is None:
                 continue
+            if not r.has_error():
+                self.slowest["query"] = max(self.slowest.get("query", 0.0), time.monotonic() - sent_at)
+                for mid in [m for m, (n, _) in self.asked.items() if n == node]:
+                    del self.asked[mid]  # answered: earlier or later copies add nothing
             if r.has_error():
                 if r.error.code in RESEND:  # ask again when it may be back
                     self.ask_after[node] = time.monotonic() + self.opts.retry_wait
@@ -164,57 +203,95 @@ class FlowerRun(Simulation):
             if not 0 <= cid < self.cfg.clients:
                 raise SiteFailure(f"SuperNode {node} says partition-id {cid}, but the run has clients "
                                   f"0..{self.cfg.clients - 1}; fix its --node-config")
-            if cid in self.nodes and self.nodes[cid] != node:
-                raise SiteFailure(f"SuperNodes {self.nodes[cid]} and {node} both say partition-id {cid}; "
-                                  "give each site its own partition-id")
+            old = self.nodes.get(cid)
+            if old is not None and old != node:
+                if old in online and cid not in self.lost:
+                    # a site restarted under a new node id while its old node's heartbeat has not
+                    # expired yet, or two sites with one partition-id: the old node's next reply
+                    # tells (both answer), or its loss (the new node takes over)
+                    self.contested.setdefault(cid, (time.monotonic(), node))
+                    continue
+                log.warning("partition-id %d is now SuperNode %d (was %d)", cid, node, old)
+            self.contested.pop(cid, None)
             self.nodes[cid] = node
+
+    def lose(self, c: int, kind: str, rnd: int, why: str) -> None:
+        """Client c's message is lost: find its node again (it may come back under a new node id)
+        and send the message again."""
+        log.warning("%s round %d, client %d: %s; sending again", kind, rnd, c, why)
+        self.lost.setdefault(c, (time.monotonic(), f"{kind} message of round {rnd}"))
+        if (node := self.nodes.pop(c, None)) is not None:
+            self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+        if c in self.contested:  # the node that claimed its partition-id meanwhile
+            self.nodes[c] = self.contested.pop(c)[1]
+            log.warning("partition-id %d is now SuperNode %d (was %s)", c, self.nodes[c], node)
 
     # --- one exchange of messages -------------------------------------------------------
     def exchange(self, kind: str, rnd: int, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
         """Send each client its message and collect the replies. A message lost to an unreachable
-        node is sent again; a client without a reply after `timeout` seconds is left out."""
-        deadline = time.monotonic() + self.opts.timeout
+        node, or unanswered within its deadline, is sent again (a reply to an earlier copy is as
+        good: a repeat gives the same reply); a client without a reply after `timeout` seconds is
+        left out; a client lost for `site-timeout` seconds stops the run."""
+        start = time.monotonic()
+        deadline = start + self.opts.timeout
         due = dict.fromkeys(contents, 0.0)   # client -> when to (re)send its message
-        waiting: dict[str, int] = {}          # message id -> client
+        waiting: dict[str, tuple[int, float]] = {}  # message id -> client, when sent (every copy)
+        newest: dict[int, tuple[str, float]] = {}  # client -> its latest copy: id, when sent
         replies: dict[int, RecordDict] = {}
-        while (due or waiting) and time.monotonic() < deadline:
+        while len(replies) < len(contents) and time.monotonic() < deadline:
             now = time.monotonic()
+            for c in sorted(set(contents) - set(replies)):
+                if c in self.lost and now - self.lost[c][0] > self.opts.site_timeout:
+                    raise SiteFailure(
+                        f"partition-id {c} is lost since its {self.lost[c][1]} ({now - self.lost[c][0]:.0f} s ago; "
+                        f"now in {kind} round {rnd}), longer than site-timeout={self.opts.site_timeout:g} s: "
+                        "restart its SuperNode and the run again (it resumes from its checkpoint), or raise site-timeout")
+            if self.asked or any(c not in self.nodes for c in due):
+                self.discover()  # also reads late answers: a restarted site, two sites claiming one id
             ready = [c for c, t in due.items() if t <= now and c in self.nodes]
-            if any(c not in self.nodes for c in due):
-                self.discover()
             if ready:
                 msgs = [Message(contents[c], dst_node_id=self.nodes[c], message_type=kind, group_id=str(rnd))
                         for c in ready]
                 for c, m, mid in zip(ready, msgs, self.grid.push_messages(msgs)):
                     if mid:
-                        waiting[mid] = c
+                        waiting[mid] = (c, now)
+                        newest[c] = (mid, now)
                         del due[c]
                         self.sent += message_bytes(m)
                     else:
                         due[c] = now + self.opts.retry_wait
             for r in self.grid.pull_messages(list(waiting)) if waiting else []:
-                c = waiting.pop(r.metadata.reply_to_message_id, None)
+                mid = r.metadata.reply_to_message_id
+                c, sent_at = waiting.pop(mid, (None, 0.0))
                 if c is None or c in replies:
                     continue
                 if not r.has_error():
+                    since, other = self.contested.get(c, (float("inf"), None))
+                    if since < sent_at:
+                        raise SiteFailure(f"SuperNodes {self.nodes.get(c)} and {other} both say partition-id {c} "
+                                          "and both answer; give each site its own partition-id")
                     replies[c] = r.content
                     self.sent += message_bytes(r)
-                elif r.error.code in RESEND:
-                    log.warning("%s round %d, client %d: %s; sending again in %.0f s", kind, rnd, c, r.error.reason,
-                                self.opts.retry_wait)
-                    # it may come back under a new node id (a SuperNode without a registered key)
-                    if (node := self.nodes.pop(c, None)) is not None:
-                        self.ask_after[node] = time.monotonic() + self.opts.retry_wait
+                    self.lost.pop(c, None)
+                    self.slowest[kind] = max(self.slowest.get(kind, 0.0), time.monotonic() - sent_at)
+                elif r.error.code not in RESEND:
+                    raise SiteFailure(f"{kind} round {rnd}, client {c} (SuperNode {self.nodes.get(c)}): "
+                                      f"{r.error.reason}")
+                elif newest[c][0] == mid and c not in due:  # an earlier copy's loss changes nothing
+                    self.lose(c, kind, rnd, r.error.reason)
                     due[c] = time.monotonic() + self.opts.retry_wait
-                else:
-                    raise SiteFailure(f"{kind} round {rnd}, client {c} (SuperNode {self.nodes[c]}): {r.error.reason}")
+            limit = self.message_deadline(kind)
+            for c, (_, sent_at) in newest.items():
+                if c not in replies and c not in due and time.monotonic() - sent_at > limit:
+                    self.lose(c, kind, rnd, f"no reply within {limit:.0f} s (message-timeout)")
+                    due[c] = time.monotonic()  # the earlier copy stays awaited: its reply is as good
             time.sleep(self.opts.poll)
         for c in sorted(set(contents) - set(replies)):
             log.warning("%s round %d: no reply from client %d within %.0f s", kind, rnd, c, self.opts.timeout)
         seconds = [get_json(r, "result").get("seconds", {}) for r in replies.values()]
         if self.transport:
             self.transport[-1][kind] = {
-                "seconds": time.monotonic() - (deadline - self.opts.timeout),
+                "seconds": time.monotonic() - start,
                 **{f"site_{k}_max": max((s[k] for s in seconds if s.get(k) is not None), default=None)
                    for k in ("process_start", "work")}}
         return replies
@@ -290,4 +367,8 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("fedmic").addHandler(handler)
     logging.getLogger("fedmic").setLevel(logging.INFO)
     opts = Options.from_run_config(dict(context.run_config))
-    FlowerRun(load_run_config(opts.config, []), opts, grid).run(opts.out)
+    try:
+        FlowerRun(load_run_config(opts.config, []), opts, grid).run(opts.out)
+    except SiteFailure as e:
+        log.error("%s", e)  # the one line to read in Flower's traceback below
+        raise

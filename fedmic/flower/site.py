@@ -57,7 +57,8 @@ def checkpoint_floor(cfg: RunConfig, rnd: int) -> int | None:
 class StateStore:
     """A client's state after each round it trained in, as round00007.pt files in `folder`. It
     keeps what a resume can still need: the newest snapshot, and the newest one at or before the
-    server's last checkpoint."""
+    server's last checkpoint, and the one before the newest (a round asked again after a crash
+    is computed again from it)."""
 
     def __init__(self, folder: Path, cid: int, fingerprint: str):
         self.folder, self.cid, self.fingerprint = Path(folder), cid, fingerprint
@@ -90,6 +91,9 @@ class StateStore:
         with atomic_open(self.path(rnd)) as f:
             torch.save({"fingerprint": self.fingerprint, "cid": self.cid, "round": rnd, "state": state}, f)
         keep = {rnd} if floor is None else {self.latest(floor)} | {r for r in self.rounds() if r > floor}
+        # and the state this round started from: a site that crashed before its reply left is
+        # asked for this round again, and must compute the same reply
+        keep.add(self.latest(rnd - 1))
         for r in self.rounds():
             # later rounds are from a run that went back to a checkpoint: this one replaces them
             if r not in keep or r > rnd:
