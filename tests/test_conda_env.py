@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 
 from test_module import DEPLOYED_SNAKEFILE, commit_working_tree
 
 import fedmic
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 RENDERED = Path(".snakemake/fedmic/fedmic-env.yaml")
 
-pytestmark = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
 FAKE_CONDA = """#!/bin/sh
 case "$*" in
@@ -37,7 +36,7 @@ def dry_run_under_conda(tmp_path, workdir, *args):
     bin_dir.mkdir()
     (bin_dir / "conda").write_text(FAKE_CONDA % (tmp_path / "conda"))
     (bin_dir / "conda").chmod(0o755)
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA), PATH=f"{bin_dir}:{os.environ['PATH']}")
     env["PYTHONPATH"] = str(REPO)  # a module's Snakemake reads the installed fedmic: the one under test
     res = subprocess.run([str(SNAKEMAKE), "-n", "-p", "--sdm", "conda", "--cores", "1", *args], cwd=workdir,
                          env=env, capture_output=True, text=True)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 
 from fedmic import schema
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "medmnist"
 SHIPPED = ["config/demo.yaml", "config/compare.yaml", "config/tiny.yaml", ".test/config/config.yaml"]
 
-needs_data = pytest.mark.skipif(not (SHARED / "breastmnist.npz").exists(), reason="needs ../shared/data/medmnist")
 
 
 def load(rel):
@@ -44,7 +43,7 @@ def project(tmp_path):
 
 def resolved(workdir, *args, target="all"):
     """The config the workflow resolves for `snakemake -n -p <target> <args>` run in workdir."""
-    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED), CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA), CUDA_VISIBLE_DEVICES="")
     res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile"), "-n", "-p",
                           "--cores", "1", target, *args], cwd=workdir, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -53,7 +52,6 @@ def resolved(workdir, *args, target="all"):
     return json.loads(m.group(1))
 
 
-@needs_data
 @pytest.mark.parametrize("rel", SHIPPED)
 def test_a_shipped_config_resolves_to_exactly_the_file(project, rel):
     # before `replace` the workflow skipped config/config.yaml under a --configfile: the
@@ -61,13 +59,11 @@ def test_a_shipped_config_resolves_to_exactly_the_file(project, rel):
     assert resolved(project, "--configfile", rel) == meant(rel)
 
 
-@needs_data
 def test_config_sets_one_key_of_the_defaults(project):
     got = resolved(project, "--config", "results=elsewhere", target="elsewhere/provenance.yaml")
     assert got == {**load("config/config.yaml"), "results": "elsewhere"}
 
 
-@needs_data
 def test_config_sets_one_key_on_top_of_a_configfile(project):
     # Snakemake reads a nested --config value's leaves as strings: device is one
     got = resolved(project, "--configfile", "config/tiny.yaml", "--config", "results=elsewhere", "threads_per_run=2",
@@ -78,7 +74,6 @@ def test_config_sets_one_key_on_top_of_a_configfile(project):
     assert got == expected
 
 
-@needs_data
 def test_a_configfile_without_replace_updates_the_defaults(project):
     (project / "mine.yaml").write_text("results: mine\ntrain: {rounds: 7}\nmethods: {fedavg-e2: {method: fedavg, "
                                        "train: {local_epochs: 2}}}\n")
@@ -121,12 +116,11 @@ def test_a_bad_replace_is_one_line_naming_the_file_and_the_valid_sections(bad):
                        "partition, train, methods, tables, figures")
 
 
-@needs_data
 def test_a_bad_replace_stops_the_workflow_in_one_line(project):
     (project / "mine.yaml").write_text("replace: [seeds]\nresults: mine\n")
     res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile"), "-n",
                           "--cores", "1", "all", "--configfile", "mine.yaml"], cwd=project, capture_output=True,
-                         text=True, env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(SHARED)))
+                         text=True, env=dict(os.environ, FEDMIC_MEDMNIST_ROOT=str(DATA)))
     assert res.returncode != 0
     assert "fedmic workflow: error: config error: " in res.stderr and "replace: ['seeds'] is not valid" in res.stderr
     assert "Traceback" not in res.stderr

@@ -83,7 +83,8 @@ def test_build_makes_an_sdist_and_a_wheel_whose_install_runs_the_cli(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
                     "--no-deps", "--no-index", str(dist / f"fedmic-{version}-py3-none-any.whl")], check=True)
-    run = dict(cwd=tmp_path, capture_output=True, text=True)  # away from any checkout
+    run = dict(cwd=tmp_path, capture_output=True, text=True,  # away from any checkout
+               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert subprocess.run([str(venv / "bin" / "fedmic"), "--version"], **run).stdout.strip() == f"fedmic {version}"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import fedmic; print(fedmic.__file__)"], **run)
     assert Path(where.stdout.strip()).is_relative_to(venv)
