@@ -38,10 +38,18 @@ def cmd_download(a):
         print(ensure_dataset(ds, a.root, size=a.size, url=a.url, progress=not a.quiet))
 
 
+def dataset_input(dataset: str, root: str | None, size: int) -> tuple[str, Path]:
+    """The dataset file a command reads, as an input for check_outputs."""
+    from .data.medmnist import dataset_info, resolve_root
+    return "--root", resolve_root(root) / dataset_info(dataset).filename(size)
+
+
 def cmd_partition(a):
     from .data.medmnist import load_dataset
     from .data.partition import make_partition, save_partition
+    from .outputs import PARTITION, check_outputs
     from .utils import check_writable
+    check_outputs("partition", {a.out: ("--out", PARTITION)}, [dataset_input(a.dataset, a.root, a.size)])
     check_writable(a.out)
     data = load_dataset(a.dataset, a.root, size=a.size)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
@@ -108,10 +116,14 @@ def cmd_train(a):
         raise ConfigError(f"this fedmic ({__version__}, {Path(__file__).parent}) makes the run's fingerprint "
                           f"{cfg.fingerprint()}, the workflow planned {a.fingerprint}: the job runs another fedmic "
                           "than Snakemake does; install the same version in both (or drop --fingerprint)")
-    from .engine import Simulation, timing_path  # torch: only once the config is known to be good
+    from .engine import Simulation, train_outputs  # torch: only once the config is known to be good
+    from .outputs import check_outputs
+    inputs = [("--partition", a.partition), dataset_input(cfg.dataset, a.root, cfg.image_size)]
+    if not a.config.lstrip().startswith("{"):
+        inputs.append(("--config", a.config))
+    check_outputs("train", train_outputs(a.out), inputs)
     check_device(cfg.device)
-    out = Path(a.out)
-    check_writable(out, timing_path(out), out.with_name(out.name + ".ckpt"))
+    check_writable(*train_outputs(a.out))
     res = Simulation(cfg, a.partition, a.root).run(a.out)
     s = res["summary"]
     logging.info("%s: personalised acc %.4f auc %.4f; uplink %.0f B/round", a.out,
@@ -119,18 +131,36 @@ def cmd_train(a):
                  s["uplink_per_round"])
 
 
+def check_report_outputs(a, kind: str, suffixes: tuple[str, ...]) -> None:
+    from .outputs import check_outputs
+    stem = Path(a.out)
+    check_outputs(a.cmd, {stem.with_name(stem.name + s): ("--out", kind) for s in suffixes},
+                  [("--inputs", p) for p in a.inputs])
+
+
 def cmd_table(a):
+    from .outputs import TABLE
     from .report import build_table
+    check_report_outputs(a, TABLE, (".csv", ".md", ".tex"))
     build_table(a.name, a.inputs, a.out, root=a.root, target=a.target)
 
 
 def cmd_figure(a):
+    from .outputs import FIGURE
     from .report import build_figure
+    check_report_outputs(a, FIGURE, (".png", ".pdf"))
     build_figure(a.name, a.inputs, a.out, root=a.root, target=a.target)
 
 
 def cmd_collect(a):
+    from .outputs import PROVENANCE, RESULTS, check_outputs
     from .report import collect
+    outputs = {a.out: ("--out", RESULTS), **({a.provenance: ("--provenance", PROVENANCE)} if a.provenance else {})}
+    if a.provenance and Path(a.provenance).resolve() == Path(a.out).resolve():
+        raise ConfigError(f"--out and --provenance are both {a.out}; give each its own file")
+    inputs = [("--inputs", p) for p in a.inputs]
+    check_outputs("collect", outputs, inputs + [("--inputs (its timing file)", Path(p).with_suffix(".timing.json"))
+                                                for p in a.inputs if not str(p).endswith(".timing.json")])
     collect(a.inputs, a.out, a.provenance, json.loads(a.config) if a.config else None, a.source)
 
 

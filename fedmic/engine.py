@@ -330,8 +330,11 @@ class Simulation:
                 "broadcast_ranks": kept_ranks(algo.broadcast(self.server, rnd)), **({"timed_out": lost} if lost else {})}
 
     def run(self, out: str | Path) -> dict:
+        from .outputs import check_outputs
         out = Path(out)
         cfg = self.cfg
+        # the command line checks before loading anything; a Flower ServerApp comes here directly
+        check_outputs("train", train_outputs(out), [("--partition", self.partition_path)])
         self.try_resume(out)
         bar = tqdm(range(self.start_round, cfg.rounds + 1), desc=f"{cfg.arm} {cfg.dataset} lam={cfg.lam} seed={cfg.seed}",
                    initial=self.start_round - 1, total=cfg.rounds, disable=not cfg.progress, leave=False)
@@ -395,6 +398,14 @@ class Simulation:
 
 def timing_path(out: Path) -> Path:
     return Path(out).with_suffix(".timing.json")
+
+
+def train_outputs(out: str | Path) -> dict[Path, tuple[str, str]]:
+    """What a run writes: its run JSON, timing file and checkpoint (for fedmic.outputs)."""
+    from .outputs import CHECKPOINT, RUN, TIMING
+    out = Path(out)
+    return {out: ("--out", RUN), timing_path(out): ("--out (its timing file)", TIMING),
+            out.with_name(out.name + ".ckpt"): ("--out (its checkpoint)", CHECKPOINT)}
 
 
 def peak_rss_mb() -> float:

@@ -45,7 +45,9 @@ wire-counts = ""
 
 
 def write_app(folder: str | Path) -> Path:
+    from ..outputs import FLOWER_APP, check_outputs
     path = Path(folder) / "pyproject.toml"
+    check_outputs("flower app", {path: ("--out", FLOWER_APP)}, [])
     atomic_write_text(path, APP_TOML.format(version=__version__))
     return path.parent
 
