@@ -1,4 +1,4 @@
-"""Command line: `fedmic download | partition | train | collect | table | figure | flower`.
+"""Command line: `fedmic download | partition | stamp-partition | train | collect | table | figure | flower`.
 
 Every Snakemake rule is one call of this command; errors a user can fix are printed as one
 clear line (no traceback) with exit status 2. Parsing needs no torch: `fedmic --help` and
@@ -59,6 +59,28 @@ def cmd_partition(a):
     sizes = part.sizes("train")
     logging.info("partition %s: %d clients, train sizes min %d / max %d, %d redraws",
                  a.out, a.clients, min(sizes), max(sizes), part.redraws)
+
+
+def cmd_stamp_partition(a):
+    """A user's own partition, checked against the data and stamped custom (docs/robustness.md)."""
+    from .data.medmnist import load_dataset
+    from .data.partition import PartitionError, save_partition, stamp
+    from .outputs import PARTITION, check_outputs
+    from .utils import check_writable
+    check_outputs("stamp-partition", {a.out: ("--out", PARTITION)}, [("--in", a.input)])
+    check_writable(a.out)
+    try:
+        d = json.loads(Path(a.input).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PartitionError(f"{a.input}: not valid JSON ({e})") from None
+    dataset = d.get("dataset") if isinstance(d, dict) else None
+    if not isinstance(dataset, str):
+        raise PartitionError(f"{a.input}: no \"dataset\" name (e.g. \"dataset\": \"breastmnist\")")
+    data = load_dataset(dataset, a.root, size=a.size)
+    part = stamp(d, {s: len(data.split(s)[1]) for s in ("train", "val", "test")}, data.n_classes,
+                 data.info.md5(a.size), source=str(a.input))
+    save_partition(part, a.out)
+    logging.info("custom partition %s: %d clients, digest %s", a.out, part.clients, part.digest[:12])
 
 
 def load_run_config(spec: str, overrides: list[str], **settings) -> RunConfig:
@@ -209,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=10)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("stamp-partition", help="check your own client indices and write them as a custom "
+                                               "partition file (docs/robustness.md)")
+    p.add_argument("--in", dest="input", required=True,
+                   help="JSON: dataset, scheme, lam, clients, seed, min_size (as the run config names them) and "
+                        "indices {train, val, test}: one list of image indices per client")
+    p.add_argument("--out", required=True, help="partition file to write")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--size", type=int, default=28)
+    p.set_defaults(func=cmd_stamp_partition)
 
     p = sub.add_parser("train", help="run one federated simulation")
     p.add_argument("--config", required=True, help="run config: a YAML/JSON file or an inline JSON object")

@@ -105,11 +105,18 @@ def load_partitioned(cfg: RunConfig, partition_path: str | Path, data_root: str 
     from .data.medmnist import load_dataset
     from .data.partition import load_partition
 
+    from .data.partition import PartitionError, partition_command
+
     data = load_dataset(cfg.dataset, data_root, size=cfg.image_size)
-    part = load_partition(partition_path, expect={
-        "dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
-        "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)})
-    return data, part, {s: data.split(s) for s in ("train", "val", "test")}
+    expect = {"dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
+              "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)}
+    part = load_partition(partition_path, expect=expect, root=data.path.parent)
+    split = {s: data.split(s) for s in ("train", "val", "test")}
+    for s, (x, _) in split.items():
+        if part.n_images[s] != len(x):  # a stamped partition's counts come from the data; a made one's too
+            raise PartitionError(f"partition file {partition_path} is for {part.n_images[s]} {s} images, {data.path} "
+                                 f"has {len(x)}; Fix: `{partition_command(expect, partition_path, data.path.parent)}`")
+    return data, part, split
 
 
 def make_context(cfg: RunConfig, data, device: torch.device) -> Context:
@@ -236,7 +243,8 @@ class Simulation:
         path = self.checkpoint_path(out)
         try:
             with atomic_open(path) as f:
-                torch.save({"fingerprint": self.cfg.fingerprint(), "round": rnd, "server": self.server,
+                torch.save({"fingerprint": self.cfg.fingerprint(), "partition_digest": self.part.digest,
+                            "partition_file": str(self.partition_path), "round": rnd, "server": self.server,
                             "clients": self.clients, "history": self.history, "timing": self.timing}, f)
         except (OSError, RuntimeError) as e:
             # torch reports a failed write as its C++ writer's RuntimeError (inline_container.cc);
@@ -262,6 +270,12 @@ class Simulation:
             raise CheckpointError(f"checkpoint {path} was written by another configuration "
                                   f"(fingerprint {ck.get('fingerprint')} != {self.cfg.fingerprint()}); "
                                   "delete it to start this configuration from round 1")
+        if ck.get("partition_digest") != self.part.digest:
+            made = ck.get("partition_file", "a partition fedmic did not record")
+            raise CheckpointError(f"checkpoint {path} was written with another partition ({made}, digest "
+                                  f"{str(ck.get('partition_digest'))[:12]}) than {self.partition_path} (digest "
+                                  f"{self.part.digest[:12]}); resuming would mix the two. Fix: give the partition it "
+                                  f"was made with, or `rm {path}` to start from round 1 on this one")
         self.server, self.clients = ck["server"], ck["clients"]
         self.history, self.timing = ck["history"], ck["timing"]
         self.start_round = ck["round"] + 1
@@ -376,7 +390,8 @@ class Simulation:
             "format": "fedmic-run/2",
             "config": cfg.science(),
             "env": environment(self.device, torch.get_num_threads(), self.ctx.memory_format),
-            "partition": {"file": self.partition_path.name, "redraws": self.part.redraws},
+            "partition": {"file": self.partition_path.name, "redraws": self.part.redraws,
+                          "digest": self.part.digest, "custom": self.part.custom},
             "floors": self.floors,
             "n_train": self.n_train,
             "n_test": self.n_test,
