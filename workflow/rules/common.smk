@@ -70,6 +70,7 @@ _pythonpath = f"PYTHONSAFEPATH=1 {_pythonpath}"
 FEDMIC = f"{_pythonpath}{_python} -m fedmic.cli"
 
 from fedmic import grid, schema
+from fedmic.data import registry
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -186,8 +187,11 @@ def code_of_run(wc):
     return grid.code_files(ARMS[wc.arm]["method"])
 
 
+IMAGE_SIZE = grid.image_size(config)
+
+
 def dataset_file(dataset):
-    return f"{DATA_ROOT}/{dataset}.npz"
+    return f"{DATA_ROOT}/{registry.filename(dataset, IMAGE_SIZE)}"
 
 
 def runs_of(name):
