@@ -109,7 +109,8 @@ def _refuse_folder(info: DatasetInfo, path: Path, size: int) -> None:
     if path.is_dir():
         raise DatasetError(
             f"MedMNIST dataset '{info.flag}': {path} is a folder, where the dataset file belongs. Fix: remove or "
-            f"rename that folder, then run `{download_command(info.flag, size, path.parent)}` or copy the .npz there."
+            f"rename that folder, then download the file: `rmdir {shlex.quote(str(path))} && "
+            f"{download_command(info.flag, size, path.parent)}` (an empty folder), or copy the .npz there."
         )
 
 
