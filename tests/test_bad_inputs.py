@@ -184,7 +184,7 @@ CASES = [
          setup=lambda w: w.part.write_bytes(w.part.read_bytes()[:200])),
     Case("partition of other settings", train(config={"lam": 0.1}), 2,
          ("field 'lam' is 0.5 in the file but 0.1 is expected", "rerun the partition step")),
-    Case("dataset file missing", train(), 2, (f"'{FLAG}' not found at", ROOT_FIX),
+    Case("dataset file missing", train(), 2, (f"'{FLAG}' (28x28 images) not found at", ROOT_FIX),
          setup=lambda w: setattr(w, "data", w.dir / "empty-root")),
     Case("folder in place of the .npz", train(), 2, (f"{FLAG}.npz is a folder, where the dataset file belongs",
                                                      "Fix: remove or rename that folder"),
@@ -602,3 +602,36 @@ def test_allowed_input_goes_ahead(case, tmp_path, part, finished_workflow):
 
 def test_enough_rows():
     assert len(CASES) + len(ALLOWED) >= 40
+
+
+def test_corrupt_run_json_in_the_workflow_fix_as_printed(tmp_path):
+    """A run JSON under results/ cut short: the job that reads it stops with one line naming the
+    file and the command that gets it rewritten; that command as printed, then `snakemake`
+    again, retrains exactly that run (the same bytes as before) and finishes the workflow."""
+    env = {**os.environ, ENV_ROOT: str(DATA)}
+    sm = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "all", "--configfile", str(REPO / "config/tiny.yaml")]
+    subprocess.run(sm, env=env, check=True, capture_output=True, timeout=900)
+    runs = sorted((tmp_path / "results-tiny" / "runs").rglob("seed0.json"))
+    victim, others = runs[0], runs[1:]
+    good = victim.read_bytes()
+    kept = {p: p.read_bytes() for p in [*others, *(tmp_path / "results-tiny" / "partitions").rglob("*.json")]}
+    victim.write_bytes(good[: len(good) // 2])
+
+    p = subprocess.run(sm, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode != 0, p.stderr[-3000:]
+    logs = [f for f in (tmp_path / "logs-tiny").rglob("*.log") if "run JSON is truncated" in f.read_text()]
+    assert logs, p.stderr[-3000:]
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text, text
+        lines = [ln for ln in text.splitlines() if ln.startswith("fedmic ")]
+        assert len(lines) == 1 and str(victim.relative_to(tmp_path)) in lines[0], text
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+    printed = printed_command(lines[0])
+    assert printed == f"rm {victim.relative_to(tmp_path)}"
+    subprocess.run(["bash", "-c", printed], cwd=tmp_path, check=True)
+    again = subprocess.run(sm, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert victim.read_bytes() == good
+    assert all(path.read_bytes() == data for path, data in kept.items())
