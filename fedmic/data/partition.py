@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -207,9 +208,9 @@ def partition_command(d: Mapping[str, Any], path: str | Path, root: str | Path |
         if d.get("custom"):
             return None
         size = image_size_of(str(d["dataset"]), str(d.get("dataset_md5")))
-        args = [f"--dataset {d['dataset']}", f"--size {size or 28}", *([f"--root {root}"] if root else []),
+        args = [f"--dataset {d['dataset']}", f"--size {size or 28}", *([f"--root {shlex.quote(str(root))}"] if root else []),
                 f"--scheme {d['scheme']}", f"--lam {float(d['lam'])!r}", f"--clients {int(d['clients'])}",
-                f"--seed {int(d['seed'])}", f"--min-size {int(d['min_size'])}", f"--out {path}"]
+                f"--seed {int(d['seed'])}", f"--min-size {int(d['min_size'])}", f"--out {shlex.quote(str(path))}"]
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return "fedmic partition " + " ".join(args)
