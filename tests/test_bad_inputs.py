@@ -635,3 +635,14 @@ def test_corrupt_run_json_in_the_workflow_fix_as_printed(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert victim.read_bytes() == good
     assert all(path.read_bytes() == data for path, data in kept.items())
+
+
+def test_printed_download_asks_for_the_configured_size(tmp_path, part, finished_workflow):
+    """The 64x64 row's printed command cannot succeed here (no network, no 64x64 file in the
+    mirror), but it asks the mirror for breastmnist_64.npz and would put it where training looks."""
+    case = next(c for c in CASES if c.id == "image_size 64 with only 28x28 files")
+    p, before, after, (printed, fixed, again) = run_case(case, tmp_path, part, finished_workflow, then_fix=True)
+    check(case, p, before, after)
+    assert printed == f"fedmic download --dataset {FLAG} --size 64 --root {tmp_path / 'root'}"
+    assert fixed.returncode == 2 and f"{mirror_url()}/{FLAG}_64.npz" in fixed.stderr, fixed.stderr
+    assert f"copy it to {tmp_path / 'root' / (FLAG + '_64.npz')}" in fixed.stderr, fixed.stderr
