@@ -646,3 +646,27 @@ def test_printed_download_asks_for_the_configured_size(tmp_path, part, finished_
     assert printed == f"fedmic download --dataset {FLAG} --size 64 --root {tmp_path / 'root'}"
     assert fixed.returncode == 2 and f"{mirror_url()}/{FLAG}_64.npz" in fixed.stderr, fixed.stderr
     assert f"copy it to {tmp_path / 'root' / (FLAG + '_64.npz')}" in fixed.stderr, fixed.stderr
+
+
+def test_a_custom_partition_is_stamped_and_its_runs_say_so(tmp_path, part):
+    """A user's own indices go through `fedmic stamp-partition`; the run JSON says custom and
+    carries the partition's digest, and an edit after stamping is refused like any other."""
+    w = World(tmp_path, part, None)
+    w.custom("mine.json")
+    env = {**os.environ, ENV_ROOT: str(DATA)}
+    stamped = subprocess.run([FEDMIC, "stamp-partition", "--in", "mine.json", "--out", "c.json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert stamped.returncode == 0, stamped.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    made = json.loads(w.part.read_text())
+    assert c["custom"] is True and len(c["indices"]["train"][0]) == len(made["indices"]["train"][0]) - 5
+    argv = [a.replace("{part}", "c.json").replace("{data}", str(DATA)) for a in train(out="run.json")]
+    run = subprocess.run([FEDMIC, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads((tmp_path / "run.json").read_text())["partition"]
+    assert rec["custom"] is True and rec["digest"] == c["digest"]
+    c["indices"]["train"][0].pop()
+    (tmp_path / "c.json").write_text(json.dumps(c))
+    again = subprocess.run([FEDMIC, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "c.json was changed after it was made" in again.stderr
+    assert "fedmic stamp-partition --in YOURS.json --out c.json" in again.stderr, again.stderr

@@ -208,7 +208,8 @@ def partition_command(d: Mapping[str, Any], path: str | Path, root: str | Path |
         if d.get("custom"):
             return None
         size = image_size_of(str(d["dataset"]), str(d.get("dataset_md5")))
-        args = [f"--dataset {d['dataset']}", f"--size {size or 28}", *([f"--root {shlex.quote(str(root))}"] if root else []),
+        where = [f"--root {shlex.quote(str(root))}"] if root else []
+        args = [f"--dataset {d['dataset']}", f"--size {size or 28}", *where,
                 f"--scheme {d['scheme']}", f"--lam {float(d['lam'])!r}", f"--clients {int(d['clients'])}",
                 f"--seed {int(d['seed'])}", f"--min-size {int(d['min_size'])}", f"--out {shlex.quote(str(path))}"]
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -570,7 +571,8 @@ def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None,
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PartitionError(f"partition file {path} not found; make it with `{wanted or 'fedmic partition ... --out ' + str(path)}` "
+        make = wanted or f"fedmic partition ... --out {path}"
+        raise PartitionError(f"partition file {path} not found; make it with `{make}` "
                              "(the workflow's partition rule does) or check the path") from None
     except IsADirectoryError as e:
         raise PartitionError(f"partition file {path} cannot be read ({e}); remove or rename that folder, then "
