@@ -103,9 +103,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 64) -> np.ndar
 def load_partitioned(cfg: RunConfig, partition_path: str | Path, data_root: str | None):
     """(the dataset, the partition checked against the run config, each split's (images, labels))."""
     from .data.medmnist import load_dataset
-    from .data.partition import load_partition
-
-    from .data.partition import PartitionError, partition_command
+    from .data.partition import PartitionError, load_partition, partition_command
 
     data = load_dataset(cfg.dataset, data_root, size=cfg.image_size)
     expect = {"dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
