@@ -466,8 +466,11 @@ _REAL_RUN: dict[str, Path] = {}
 def real_run(part: Path) -> Path:
     """One real run of RUN (trained once per session)."""
     if "run" not in _REAL_RUN:
+        import atexit
         import tempfile
-        out = Path(tempfile.mkdtemp(prefix="real-run-")) / "run.json"
+        folder = tempfile.mkdtemp(prefix="real-run-")
+        atexit.register(shutil.rmtree, folder, True)
+        out = Path(folder) / "run.json"
         subprocess.run([FEDMIC, *[a.format(part=part, data=DATA) if a in ("{part}", "{data}") else a for a in
                                   train(out=str(out))]], check=True, capture_output=True,
                        env={**os.environ, ENV_ROOT: str(DATA)})
