@@ -1,4 +1,4 @@
-"""Command line: `fedmic download | partition | train | collect | table | figure | flower`.
+"""Command line: `fedmic download | partition | stamp-partition | train | collect | table | figure | flower`.
 
 Every Snakemake rule is one call of this command; errors a user can fix are printed as one
 clear line (no traceback) with exit status 2. Parsing needs no torch: `fedmic --help` and
@@ -38,10 +38,18 @@ def cmd_download(a):
         print(ensure_dataset(ds, a.root, size=a.size, url=a.url, progress=not a.quiet))
 
 
+def dataset_input(dataset: str, root: str | None, size: int) -> tuple[str, Path]:
+    """The dataset file a command reads, as an input for check_outputs."""
+    from .data.medmnist import dataset_info, resolve_root
+    return "--root", resolve_root(root) / dataset_info(dataset).filename(size)
+
+
 def cmd_partition(a):
     from .data.medmnist import load_dataset
     from .data.partition import make_partition, save_partition
+    from .outputs import PARTITION, check_outputs
     from .utils import check_writable
+    check_outputs("partition", {a.out: ("--out", PARTITION)}, [dataset_input(a.dataset, a.root, a.size)])
     check_writable(a.out)
     data = load_dataset(a.dataset, a.root, size=a.size)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
@@ -51,6 +59,28 @@ def cmd_partition(a):
     sizes = part.sizes("train")
     logging.info("partition %s: %d clients, train sizes min %d / max %d, %d redraws",
                  a.out, a.clients, min(sizes), max(sizes), part.redraws)
+
+
+def cmd_stamp_partition(a):
+    """A user's own partition, checked against the data and stamped custom (docs/robustness.md)."""
+    from .data.medmnist import load_dataset
+    from .data.partition import PartitionError, save_partition, stamp
+    from .outputs import PARTITION, check_outputs
+    from .utils import check_writable
+    check_outputs("stamp-partition", {a.out: ("--out", PARTITION)}, [("--in", a.input)])
+    check_writable(a.out)
+    try:
+        d = json.loads(Path(a.input).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PartitionError(f"{a.input}: not valid JSON ({e})") from None
+    dataset = d.get("dataset") if isinstance(d, dict) else None
+    if not isinstance(dataset, str):
+        raise PartitionError(f"{a.input}: no \"dataset\" name (e.g. \"dataset\": \"breastmnist\")")
+    data = load_dataset(dataset, a.root, size=a.size)
+    part = stamp(d, {s: len(data.split(s)[1]) for s in ("train", "val", "test")}, data.n_classes,
+                 data.info.md5(a.size), source=str(a.input))
+    save_partition(part, a.out)
+    logging.info("custom partition %s: %d clients, digest %s", a.out, part.clients, part.digest[:12])
 
 
 def load_run_config(spec: str, overrides: list[str], **settings) -> RunConfig:
@@ -110,10 +140,16 @@ def cmd_train(a):
                           "than Snakemake does; install the same version in both (or drop --fingerprint)")
     if a.selection:
         check_selected(cfg, a.selection)
-    from .engine import Simulation, timing_path  # torch: only once the config is known to be good
+    from .engine import Simulation, train_outputs  # torch: only once the config is known to be good
+    from .outputs import check_outputs
+    inputs = [("--partition", a.partition), dataset_input(cfg.dataset, a.root, cfg.image_size)]
+    if not a.config.lstrip().startswith("{"):
+        inputs.append(("--config", a.config))
+    if a.selection:
+        inputs.append(("--selection", a.selection))
+    check_outputs("train", train_outputs(a.out), inputs)
     check_device(cfg.device)
-    out = Path(a.out)
-    check_writable(out, timing_path(out), out.with_name(out.name + ".ckpt"))
+    check_writable(*train_outputs(a.out))
     if a.tensorboard is not None:
         from .watch import summary_writer_class
         summary_writer_class()
@@ -137,25 +173,45 @@ def check_selected(cfg: RunConfig, path: str) -> None:
                           f"(lr {sel['lr']}, hp {sel['hp']}); rerun the workflow, which reads the selection")
 
 
+def check_report_outputs(a, kind: str, suffixes: tuple[str, ...]) -> None:
+    from .outputs import check_outputs
+    stem = Path(a.out)
+    check_outputs(a.cmd, {stem.with_name(stem.name + s): ("--out", kind) for s in suffixes},
+                  [("--inputs", p) for p in a.inputs])
+
+
 def cmd_table(a):
+    from .outputs import TABLE
     from .report import build_table
+    check_report_outputs(a, TABLE, (".csv", ".md", ".tex"))
     build_table(a.name, a.inputs, a.out, root=a.root, target=a.target)
 
 
 def cmd_figure(a):
+    from .outputs import FIGURE
     from .report import build_figure
+    check_report_outputs(a, FIGURE, (".png", ".pdf"))
     build_figure(a.name, a.inputs, a.out, root=a.root, target=a.target)
 
 
 def cmd_collect(a):
+    from .outputs import PROVENANCE, RESULTS, check_outputs
     from .report import collect
+    outputs = {a.out: ("--out", RESULTS), **({a.provenance: ("--provenance", PROVENANCE)} if a.provenance else {})}
+    if a.provenance and Path(a.provenance).resolve() == Path(a.out).resolve():
+        raise ConfigError(f"--out and --provenance are both {a.out}; give each its own file")
+    inputs = [("--inputs", p) for p in a.inputs]
+    check_outputs("collect", outputs, inputs + [("--inputs (its timing file)", Path(p).with_suffix(".timing.json"))
+                                                for p in a.inputs if not str(p).endswith(".timing.json")])
     collect(a.inputs, a.out, a.provenance, json.loads(a.config) if a.config else None, a.source)
 
 
 def cmd_select(a):
+    from .outputs import SELECTION, check_outputs
     from .report import tidy
     from .tuning import select
     from .utils import atomic_write_text
+    check_outputs("select", {a.out: ("--out", SELECTION)}, [("--inputs", p) for p in a.inputs])
     sel = select(tidy.collect(a.inputs))
     atomic_write_text(a.out, json.dumps(sel, indent=1, sort_keys=True) + "\n")
     c = sel["chosen"]
@@ -209,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=10)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("stamp-partition", help="check your own client indices and write them as a custom "
+                                               "partition file (docs/robustness.md)")
+    p.add_argument("--in", dest="input", required=True,
+                   help="JSON: dataset, scheme, lam, clients, seed, min_size (as the run config names them) and "
+                        "indices {train, val, test}: one list of image indices per client")
+    p.add_argument("--out", required=True, help="partition file to write")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--size", type=int, default=28)
+    p.set_defaults(func=cmd_stamp_partition)
 
     p = sub.add_parser("train", help="run one federated simulation")
     p.add_argument("--config", required=True, help="run config: a YAML/JSON file or an inline JSON object")

@@ -103,13 +103,18 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 64) -> np.ndar
 def load_partitioned(cfg: RunConfig, partition_path: str | Path, data_root: str | None):
     """(the dataset, the partition checked against the run config, each split's (images, labels))."""
     from .data.medmnist import load_dataset
-    from .data.partition import load_partition
+    from .data.partition import PartitionError, load_partition, partition_command
 
     data = load_dataset(cfg.dataset, data_root, size=cfg.image_size)
-    part = load_partition(partition_path, expect={
-        "dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
-        "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)})
-    return data, part, {s: data.split(s) for s in ("train", "val", "test")}
+    expect = {"dataset": cfg.dataset, "scheme": cfg.scheme, "lam": cfg.lam, "clients": cfg.clients,
+              "seed": cfg.partition_seed, "min_size": cfg.min_size, "dataset_md5": data.info.md5(cfg.image_size)}
+    part = load_partition(partition_path, expect=expect, root=data.path.parent)
+    split = {s: data.split(s) for s in ("train", "val", "test")}
+    for s, (x, _) in split.items():
+        if part.n_images[s] != len(x):  # a stamped partition's counts come from the data; a made one's too
+            raise PartitionError(f"partition file {partition_path} is for {part.n_images[s]} {s} images, {data.path} "
+                                 f"has {len(x)}; Fix: `{partition_command(expect, partition_path, data.path.parent)}`")
+    return data, part, split
 
 
 def make_context(cfg: RunConfig, data, device: torch.device) -> Context:
@@ -236,7 +241,8 @@ class Simulation:
         path = self.checkpoint_path(out)
         try:
             with atomic_open(path) as f:
-                torch.save({"fingerprint": self.cfg.fingerprint(), "round": rnd, "server": self.server,
+                torch.save({"fingerprint": self.cfg.fingerprint(), "partition_digest": self.part.digest,
+                            "partition_file": str(self.partition_path), "round": rnd, "server": self.server,
                             "clients": self.clients, "history": self.history, "timing": self.timing}, f)
         except (OSError, RuntimeError) as e:
             # torch reports a failed write as its C++ writer's RuntimeError (inline_container.cc);
@@ -271,6 +277,12 @@ class Simulation:
             raise CheckpointError(f"checkpoint {path} was written by another configuration "
                                   f"(fingerprint {ck.get('fingerprint')} != {self.cfg.fingerprint()}); "
                                   "delete it to start this configuration from round 1")
+        if ck.get("partition_digest") != self.part.digest:
+            made = ck.get("partition_file", "a partition fedmic did not record")
+            raise CheckpointError(f"checkpoint {path} was written with another partition ({made}, digest "
+                                  f"{str(ck.get('partition_digest'))[:12]}) than {self.partition_path} (digest "
+                                  f"{self.part.digest[:12]}); resuming would mix the two. Fix: give the partition it "
+                                  f"was made with, or `rm {path}` to start from round 1 on this one")
         self.server, self.clients = ck["server"], ck["clients"]
         self.history, self.timing = ck["history"], ck["timing"]
         self.start_round = ck["round"] + 1
@@ -343,8 +355,11 @@ class Simulation:
         """Train the remaining rounds and write the run JSON. `tensorboard`: a folder for the
         per-round scalars (fedmic/watch.py); it changes nothing the run writes.
         `replace_stale_checkpoint`: a checkpoint of another configuration is removed, not refused."""
+        from .outputs import check_outputs
         out = Path(out)
         cfg = self.cfg
+        # the command line checks before loading anything; a Flower ServerApp comes here directly
+        check_outputs("train", train_outputs(out), [("--partition", self.partition_path)])
         self.try_resume(out, replace_stale_checkpoint)
         watch = RoundWatch(cfg, self.history, self.start_round, tensorboard)
         try:
@@ -388,7 +403,8 @@ class Simulation:
             "format": "fedmic-run/2",
             "config": cfg.science(),
             "env": environment(self.device, torch.get_num_threads(), self.ctx.memory_format),
-            "partition": {"file": self.partition_path.name, "redraws": self.part.redraws},
+            "partition": {"file": self.partition_path.name, "redraws": self.part.redraws,
+                          "digest": self.part.digest, "custom": self.part.custom},
             "floors": self.floors,
             "n_train": self.n_train,
             "n_test": self.n_test,
@@ -410,6 +426,14 @@ class Simulation:
 
 def timing_path(out: Path) -> Path:
     return Path(out).with_suffix(".timing.json")
+
+
+def train_outputs(out: str | Path) -> dict[Path, tuple[str, str]]:
+    """What a run writes: its run JSON, timing file and checkpoint (for fedmic.outputs)."""
+    from .outputs import CHECKPOINT, RUN, TIMING
+    out = Path(out)
+    return {out: ("--out", RUN), timing_path(out): ("--out (its timing file)", TIMING),
+            out.with_name(out.name + ".ckpt"): ("--out (its checkpoint)", CHECKPOINT)}
 
 
 def peak_rss_mb() -> float:

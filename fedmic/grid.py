@@ -69,6 +69,12 @@ def partition_scheme(config: dict, dataset: str) -> str:
     return p.get("scheme_per_dataset", {}).get(dataset, p.get("scheme", "dirichlet_label"))
 
 
+def image_size(config: dict) -> int:
+    """The image size every run of the workflow reads: its files are downloaded and
+    partitioned at this size (train.image_size)."""
+    return int(config.get("train", {}).get("image_size", RunConfig.image_size))
+
+
 def partition_path(config: dict, dataset: str, lam: float, clients: int, seed: int) -> str:
     return (f"{config['results']}/partitions/{dataset}/{partition_scheme(config, dataset)}"
             f"_lam{fmt(lam)}_K{clients}_seed{partition_seed(config, seed)}.json")
@@ -363,6 +369,10 @@ def run_config(config: dict, key: RunKey, selection: dict | None = None) -> RunC
         if selection["lr"] is not None:
             arm["train"]["lr"] = selection["lr"]
     train = {k: v for k, v in config["train"].items()}
+    if arm["train"].get("image_size", image_size(config)) != image_size(config):
+        raise ConfigError(f"{arm_origin(config, key.arm)}.train.image_size: {arm['train']['image_size']} differs from "
+                          f"train.image_size {image_size(config)}; the workflow downloads and partitions one image "
+                          "size, so set it under train (or run that arm with its own config)")
     train.update(arm["train"])
     train.update(participation_schedule(config, key.join_ratio, train))
     d = dict(train, dataset=key.dataset, method=arm["method"], arm=key.arm, hp=arm["hp"], lam=key.lam,

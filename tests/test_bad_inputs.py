@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from typing import Callable
 import pytest
 import yaml
 from conftest import DATA, mark_outputs_done
+
+from fedmic.data.registry import MIRROR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 FLAG = "breastmnist"
@@ -43,6 +46,7 @@ class Case:
     setup: Callable | None = None     # setup(world) prepares the folder (config files, faults)
     env: dict = field(default_factory=dict)
     mark: object = None               # e.g. pytest.mark.xfail for what cannot be fixed here
+    fix: bool = False                 # run the command the message prints, then this row's command: both succeed
 
 
 def train(*extra, config=None, out="out/run.json"):
@@ -91,6 +95,30 @@ def no_tensorboard(w):
 
 def snake(*targets, dry=False):
     return ["snakemake", "--cores", "1", *(["-n"] if dry else []), *(targets or ["all"]), "--configfile", "{cfg}"]
+
+
+FAKE_RUN = json.dumps({"format": "fedmic-run/2", "config": {}, "history": [], "summary": {}}) + "\n"
+RESULTS_HEAD = ",".join(__import__("fedmic.report.tidy", fromlist=["COLUMNS"]).COLUMNS)
+
+
+def write(w, rel, content):
+    path = w.dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+
+
+def edit_part(change):
+    """Edit the row's partition file by hand, as a user might (its digest is kept as it was)."""
+    def setup(w):
+        d = json.loads(w.part.read_text())
+        change(d)
+        w.part.write_text(json.dumps(d))
+    return setup
+
+
+def stamp(w, source, out):
+    subprocess.run([FEDMIC, "stamp-partition", "--in", source, "--root", str(DATA), "--out", str(out)], cwd=w.dir,
+                   check=True, capture_output=True)
 
 
 NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this row is for a machine without CUDA")
@@ -168,7 +196,7 @@ CASES = [
          setup=lambda w: w.part.write_bytes(w.part.read_bytes()[:200])),
     Case("partition of other settings", train(config={"lam": 0.1}), 2,
          ("field 'lam' is 0.5 in the file but 0.1 is expected", "rerun the partition step")),
-    Case("dataset file missing", train(), 2, (f"'{FLAG}' not found at", ROOT_FIX),
+    Case("dataset file missing", train(), 2, (f"'{FLAG}' (28x28 images) not found at", ROOT_FIX),
          setup=lambda w: setattr(w, "data", w.dir / "empty-root")),
     Case("folder in place of the .npz", train(), 2, (f"{FLAG}.npz is a folder, where the dataset file belongs",
                                                      "Fix: remove or rename that folder"),
@@ -301,6 +329,107 @@ CASES = [
           "wait for it to finish, or give this config another results folder"),
          setup=lambda w: (tiny()(w), (w.dir / "results-tiny" / "tables" / "t2.md").unlink(),
                           w.hold_lock("results-tiny"))),
+    # issue 24: inputs, partitions, printed fixes ------------------------------------------
+    # outputs over inputs, or over files of another kind: refused before any work
+    Case("train --out is its partition", train(out="p.json"), 2,
+         ("p.json (--out) is also an input (--partition", "would replace that partition file", "choose another --out")),
+    Case("train --out is its config", ["train", "--config", "cfg.yaml", "--partition", "{part}", "--out", "cfg.yaml"], 2,
+         ("cfg.yaml (--out) is also an input (--config cfg.yaml)", "choose another --out"),
+         setup=config_file(yaml.safe_dump(RUN))),
+    Case("train --out holds a timing file", train(out="out/r.timing.json"), 2,
+         ("out/r.timing.json holds a timing file; `fedmic train` would replace it with a run JSON",),
+         setup=lambda w: write(w, "out/r.timing.json", '{"rounds": []}\n')),
+    Case("collect --out is its run JSON", ["collect", "--inputs", "run.json", "--out", "run.json"], 2,
+         ("run.json (--out) is also an input (--inputs run.json)", "would replace that run JSON"),
+         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("collect --out holds a partition", ["collect", "--inputs", "run.json", "--out", "{part}"], 2,
+         ("p.json holds a partition file; `fedmic collect` would replace it with a results file",),
+         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("collect --provenance is its run JSON",
+         ["collect", "--inputs", "run.json", "--out", "r.csv.gz", "--provenance", "run.json"], 2,
+         ("run.json (--provenance) is also an input (--inputs run.json)",), setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("table --out writes over its results file", ["table", "t2", "--inputs", "t2.csv", "--out", "t2"], 2,
+         ("t2.csv (--out) is also an input (--inputs t2.csv)", "would replace that results file"),
+         setup=lambda w: write(w, "t2.csv", RESULTS_HEAD + "\n")),
+    Case("figure --out writes over its input", ["figure", "learning_curves", "--inputs", "r.pdf", "--out", "r"], 2,
+         ("r.pdf (--out) is also an input (--inputs r.pdf)",), setup=lambda w: write(w, "r.pdf", "%PDF-1.4\n")),
+    Case("partition --out holds a run JSON", ["partition", "--dataset", FLAG, "--root", "{data}", "--lam", "0.5",
+                                              "--clients", "3", "--out", "run.json"], 2,
+         ("run.json holds a run JSON; `fedmic partition` would replace it with a partition file",),
+         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("stamp-partition --out is its input", ["stamp-partition", "--in", "mine.json", "--out", "mine.json"], 2,
+         ("mine.json (--out) is also an input (--in mine.json)",), setup=lambda w: write(w, "mine.json", "{}\n")),
+    Case("flower app over a project", ["flower", "app", "--out", "proj"], 2,
+         ("proj/pyproject.toml holds a pyproject.toml of another project", "choose another --out"),
+         setup=lambda w: write(w, "proj/pyproject.toml", '[project]\nname = "mine"\n')),
+    Case("download onto a file that is not the dataset", ["download", "--dataset", FLAG, "--root", "root", "--quiet"], 2,
+         ("has MD5", "Fix: delete it and download it again, `rm", f"fedmic download --dataset {FLAG} --size 28 --root"),
+         setup=lambda w: write(w, f"root/{FLAG}.npz", w.part.read_text()), fix=True),
+    # partitions that are not what they say
+    Case("partition: five training indices removed", train(), 2,
+         ("p.json was changed after it was made: its digest does not match", "Fix: `fedmic partition --dataset "
+          f"{FLAG} --size 28 --root"), setup=edit_part(lambda d: d["indices"]["train"][0].__delitem__(slice(0, 5))),
+         fix=True),
+    Case("partition: a client emptied", train(), 2,
+         ("p.json: client 1 has 0 training images", "a client needs a training image", "Fix: `fedmic partition"),
+         setup=edit_part(lambda d: d["indices"]["train"][1].clear()), fix=True),
+    Case("partition: size field deleted", train(), 2, ("p.json: missing field(s) ['n_images']",),
+         setup=edit_part(lambda d: d.pop("n_images")), fix=True),
+    Case("partition: index 10000", train(), 2,
+         ("p.json: client 0 has index 10000 in split 'train', outside [0, 546)",),
+         setup=edit_part(lambda d: d["indices"]["train"][0].append(10000)), fix=True),
+    Case("partition: index -1", train(), 2, ("p.json: client 0 has index -1 in split 'train', outside [0, 546)",),
+         setup=edit_part(lambda d: d["indices"]["train"][0].append(-1))),
+    Case("partition of an older fedmic", train(), 2,
+         ("format is 'fedmic-partition/1'", "without the digest every load checks", "Fix: `fedmic partition"),
+         setup=edit_part(lambda d: d.update(format="fedmic-partition/1")), fix=True),
+    Case("partition of other settings, fix as printed", train(config={"lam": 0.1}), 2,
+         ("field 'lam' is 0.5 in the file but 0.1 is expected", "--lam 0.1 --clients 3"), fix=True),
+    Case("partition truncated, fix as printed", train(), 2, ("is truncated or not valid JSON", "Fix: `fedmic partition"),
+         setup=lambda w: w.part.write_bytes(w.part.read_bytes()[:200]), fix=True),
+    Case("partition missing, fix as printed", train(), 2, ("missing.json not found; make it with `fedmic partition",),
+         setup=lambda w: setattr(w, "part", w.dir / "missing.json"), fix=True),
+    Case("partition with an empty client asked for", ["partition", "--dataset", FLAG, "--root", "{data}", "--lam", "0.5",
+                                                      "--clients", "3", "--min-size", "0", "--out", "p2.json"], 2,
+         ("min_size must be an integer >= 1 (every client needs a training image), got 0",)),
+    Case("custom partition with an empty client", ["stamp-partition", "--in", "mine.json", "--root", "{data}",
+                                                   "--out", "c.json"], 2,
+         ("mine.json: client 2 has 0 training images",), setup=lambda w: w.custom("mine.json", empty=2)),
+    Case("checkpoint of another partition", train(), 2,
+         ("checkpoint out/run.json.ckpt was written with another partition", "than", "p.json",
+          "Fix: give the partition it was made with, or `rm out/run.json.ckpt`"),
+         setup=lambda w: (w.checkpoint_of(RUN), w.custom("mine.json"), stamp(w, "mine.json", w.part)), fix=True),
+    # printed fixes: the command as printed, then the row's own command, both succeed
+    Case("image_size 64 with only 28x28 files", train(config={"image_size": 64}), 2,
+         (f"'{FLAG}' (64x64 images) not found at", f"{FLAG}_64.npz", f"`fedmic download --dataset {FLAG} --size 64 "
+          "--root"),
+         setup=lambda w: setattr(w, "data", w.dir / "root")),
+    Case("dataset file missing, fix as printed", train(), 2,
+         (f"Run `fedmic download --dataset {FLAG} --size 28 --root",),
+         setup=lambda w: ((w.dir / "root").mkdir(), setattr(w, "data", w.dir / "root")), fix=True),
+    Case("truncated .npz, fix as printed", train(), 2, ("has MD5", "`rm", "--size 28 --root"),
+         setup=lambda w: (write(w, f"root/{FLAG}.npz", (DATA / f"{FLAG}.npz").read_bytes()[:50_000]),
+                          setattr(w, "data", w.dir / "root")), fix=True),
+    Case("folder in place of the .npz, fix as printed", train(), 2, ("is a folder", "`rmdir"),
+         setup=lambda w: (folder(f"root/{FLAG}.npz")(w), setattr(w, "data", w.dir / "root")), fix=True),
+    Case("partition given to collect", ["collect", "--inputs", "{part}", "--out", "r.csv.gz"], 2,
+         ("p.json is a partition file, not a run JSON: give run JSONs",)),
+    Case("corrupt run JSON given to collect", ["collect", "--inputs", "run.json", "--out", "r.csv.gz"], 2,
+         ("run.json: run JSON is truncated or not JSON", "Fix: `rm run.json`, then rerun the workflow"),
+         setup=lambda w: write(w, "run.json", '{"format": "fedmic-r')),
+    Case("truncated timing file", ["collect", "--inputs", "run.json", "--out", "r.csv.gz"], 2,
+         ("run.timing.json: the timing file of run.json is truncated", "Fix: `rm run.timing.json`"),
+         setup=lambda w: w.finished_run(timing=b'{"rounds": [{"rou'), fix=True),
+    # issue 22: tuning
+    Case("select --out is one of its trials", ["select", "--inputs", "run.json", "--out", "run.json"], 2,
+         ("run.json (--out) is also an input (--inputs run.json)", "would replace that run JSON"),
+         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("select --out holds a partition", ["select", "--inputs", "run.json", "--out", "{part}"], 2,
+         ("p.json holds a partition file; `fedmic select` would replace it with a tuning selection",),
+         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+    Case("tuning seed among the reported seeds", snake(), 1,
+         ("config error: tuning.seed 0 is also a reported seed; tune on a seed of its own",),
+         setup=tiny(tuning={"budget": 2, "rounds": 1, "seed": 0})),
 ]
 
 # Rows that succeed on purpose: the message (if any) is a notice, and the run goes ahead.
@@ -365,6 +494,19 @@ class World:
                              stdout=subprocess.PIPE, text=True)
         self.holders.append(p)
         assert p.stdout.readline().strip() == "held"
+    def custom(self, name: str, empty: int | None = None) -> None:
+        """A user's own indices (the row's partition less five training images of client 0)."""
+        d = json.loads(self.part.read_text())
+        mine = {k: d[k] for k in ("dataset", "scheme", "lam", "clients", "seed", "min_size", "indices")}
+        del mine["indices"]["train"][0][:5]
+        if empty is not None:
+            mine["indices"]["train"][empty] = []
+        (self.dir / name).write_text(json.dumps(mine))
+
+    def finished_run(self, timing: bytes) -> None:
+        """run.json of a real run of RUN, its timing file replaced by `timing`."""
+        shutil.copy(real_run(self.part), self.dir / "run.json")
+        (self.dir / "run.timing.json").write_bytes(timing)
 
     def checkpoint_of(self, run: dict) -> None:
         from fedmic.config import RunConfig
@@ -378,6 +520,24 @@ class World:
         for d in reversed(self.mounts):
             subprocess.run(["umount", str(d)], check=False)
             shutil.rmtree(d, ignore_errors=True)
+
+
+_REAL_RUN: dict[str, Path] = {}
+
+
+def real_run(part: Path) -> Path:
+    """One real run of RUN (trained once per session)."""
+    if "run" not in _REAL_RUN:
+        import atexit
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="real-run-")
+        atexit.register(shutil.rmtree, folder, True)
+        out = Path(folder) / "run.json"
+        subprocess.run([FEDMIC, *[a.format(part=part, data=DATA) if a in ("{part}", "{data}") else a for a in
+                                  train(out=str(out))]], check=True, capture_output=True,
+                       env={**os.environ, ENV_ROOT: str(DATA)})
+        _REAL_RUN["run"] = out
+    return _REAL_RUN["run"]
 
 
 def tree_hash(root: Path) -> dict[str, str]:
@@ -408,13 +568,31 @@ def finished_workflow(tmp_path_factory) -> Path:
     return wd
 
 
+_MIRROR: dict[str, str] = {}
+
+
+def mirror_url() -> str:
+    """A local HTTP server of the real MedMNIST files: the download mirror of every row, as no
+    test reaches Zenodo (started once, a daemon thread)."""
+    if "url" not in _MIRROR:
+        import functools
+        import http.server
+        import threading
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(DATA))
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _MIRROR["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    return _MIRROR["url"]
+
+
 def closed_port_url() -> str:
     with socket.socket() as s:  # a port nothing listens on: as good as no network
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}/{FLAG}.npz"
 
 
-def run_case(case: Case, tmp_path, part, finished_workflow):
+def run_case(case: Case, tmp_path, part, finished_workflow, then_fix=False):
     workflow = case.argv[:1] == ["snakemake"]
     w = World(tmp_path, part, finished_workflow if workflow else None)
     try:
@@ -425,14 +603,28 @@ def run_case(case: Case, tmp_path, part, finished_workflow):
                 "closed_url": closed_port_url(), "a_run": str(a_run)}
         argv = [a.format(**fill) if a.startswith("{") and a.endswith("}") and a[1:-1] in fill else a for a in case.argv]
         cmd = [*SNAKEMAKE, *argv[1:]] if workflow else [FEDMIC, *argv]
-        env = {**os.environ, ENV_ROOT: str(DATA), "HOME": str(w.dir / "home"), **case.env}
+        env = {**os.environ, ENV_ROOT: str(DATA), "HOME": str(w.dir / "home"), MIRROR_ENV: mirror_url(),
+               "PATH": f"{Path(FEDMIC).parent}{os.pathsep}{os.environ.get('PATH', '')}", **case.env}
         env = {k: v for k, v in env.items() if v is not None}
         before = tree_hash(w.dir)
         p = subprocess.run(cmd, cwd=w.dir, env=env, capture_output=True, text=True, timeout=300)
         after = tree_hash(w.dir)
+        if then_fix:
+            printed = printed_command(p.stderr)
+            fixed = subprocess.run(["bash", "-c", printed], cwd=w.dir, env=env, capture_output=True, text=True,
+                                   timeout=300)
+            again = subprocess.run(cmd, cwd=w.dir, env=env, capture_output=True, text=True, timeout=300)
+            return p, before, after, (printed, fixed, again)
     finally:
         w.close()
     return p, before, after
+
+
+def printed_command(stderr: str) -> str:
+    """The first command a message prints in backquotes (the fix it suggests)."""
+    found = [c for c in re.findall(r"`([^`]+)`", stderr) if c.startswith(("fedmic ", "rm ", "rmdir "))]
+    assert found, f"no command printed:\n{stderr}"
+    return found[0]
 
 
 def check(case: Case, p, before, after):
@@ -459,6 +651,15 @@ def test_bad_input_is_refused(case, tmp_path, part, finished_workflow):
     check(case, *run_case(case, tmp_path, part, finished_workflow))
 
 
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.mark or ()) for c in CASES if c.fix])
+def test_printed_fix_works(case, tmp_path, part, finished_workflow):
+    """The command the message prints, run as printed, then the row's own command: both succeed."""
+    p, before, after, (printed, fixed, again) = run_case(case, tmp_path, part, finished_workflow, then_fix=True)
+    check(case, p, before, after)
+    assert fixed.returncode == 0, f"`{printed}` failed:\n{fixed.stderr[-3000:]}"
+    assert again.returncode == 0, f"after `{printed}`, the command still fails:\n{again.stderr[-3000:]}"
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ALLOWED])
 def test_allowed_input_goes_ahead(case, tmp_path, part, finished_workflow):
     check(case, *run_case(case, tmp_path, part, finished_workflow))
@@ -466,3 +667,71 @@ def test_allowed_input_goes_ahead(case, tmp_path, part, finished_workflow):
 
 def test_enough_rows():
     assert len(CASES) + len(ALLOWED) >= 40
+
+
+def test_corrupt_run_json_in_the_workflow_fix_as_printed(tmp_path):
+    """A run JSON under results/ cut short: the job that reads it stops with one line naming the
+    file and the command that gets it rewritten; that command as printed, then `snakemake`
+    again, retrains exactly that run (the same bytes as before) and finishes the workflow."""
+    env = {**os.environ, ENV_ROOT: str(DATA)}
+    sm = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "all", "--configfile", str(REPO / "config/tiny.yaml")]
+    subprocess.run(sm, env=env, check=True, capture_output=True, timeout=900)
+    runs = sorted((tmp_path / "results-tiny" / "runs").rglob("seed0.json"))
+    victim, others = runs[0], runs[1:]
+    good = victim.read_bytes()
+    kept = {p: p.read_bytes() for p in [*others, *(tmp_path / "results-tiny" / "partitions").rglob("*.json")]}
+    victim.write_bytes(good[: len(good) // 2])
+
+    p = subprocess.run(sm, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode != 0, p.stderr[-3000:]
+    logs = [f for f in (tmp_path / "logs-tiny").rglob("*.log") if "run JSON is truncated" in f.read_text()]
+    assert logs, p.stderr[-3000:]
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text, text
+        lines = [ln for ln in text.splitlines() if ln.startswith("fedmic ")]
+        assert len(lines) == 1 and str(victim.relative_to(tmp_path)) in lines[0], text
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+    printed = printed_command(lines[0])
+    assert printed == f"rm {victim.relative_to(tmp_path)}"
+    subprocess.run(["bash", "-c", printed], cwd=tmp_path, check=True)
+    again = subprocess.run(sm, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert victim.read_bytes() == good
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+
+def test_printed_download_asks_for_the_configured_size(tmp_path, part, finished_workflow):
+    """The 64x64 row's printed command cannot succeed here (no network, no 64x64 file in the
+    mirror), but it asks the mirror for breastmnist_64.npz and would put it where training looks."""
+    case = next(c for c in CASES if c.id == "image_size 64 with only 28x28 files")
+    p, before, after, (printed, fixed, again) = run_case(case, tmp_path, part, finished_workflow, then_fix=True)
+    check(case, p, before, after)
+    assert printed == f"fedmic download --dataset {FLAG} --size 64 --root {tmp_path / 'root'}"
+    assert fixed.returncode == 2 and f"{mirror_url()}/{FLAG}_64.npz" in fixed.stderr, fixed.stderr
+    assert f"copy it to {tmp_path / 'root' / (FLAG + '_64.npz')}" in fixed.stderr, fixed.stderr
+
+
+def test_a_custom_partition_is_stamped_and_its_runs_say_so(tmp_path, part):
+    """A user's own indices go through `fedmic stamp-partition`; the run JSON says custom and
+    carries the partition's digest, and an edit after stamping is refused like any other."""
+    w = World(tmp_path, part, None)
+    w.custom("mine.json")
+    env = {**os.environ, ENV_ROOT: str(DATA)}
+    stamped = subprocess.run([FEDMIC, "stamp-partition", "--in", "mine.json", "--out", "c.json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert stamped.returncode == 0, stamped.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    made = json.loads(w.part.read_text())
+    assert c["custom"] is True and len(c["indices"]["train"][0]) == len(made["indices"]["train"][0]) - 5
+    argv = [a.replace("{part}", "c.json").replace("{data}", str(DATA)) for a in train(out="run.json")]
+    run = subprocess.run([FEDMIC, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads((tmp_path / "run.json").read_text())["partition"]
+    assert rec["custom"] is True and rec["digest"] == c["digest"]
+    c["indices"]["train"][0].pop()
+    (tmp_path / "c.json").write_text(json.dumps(c))
+    again = subprocess.run([FEDMIC, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "c.json was changed after it was made" in again.stderr
+    assert "fedmic stamp-partition --in YOURS.json --out c.json" in again.stderr, again.stderr

@@ -141,16 +141,17 @@ def test_corrupt_or_truncated_dataset_file(tmp_path):
     target = tmp_path / f"{FLAG}.npz"
     target.write_bytes((DATA / f"{FLAG}.npz").read_bytes()[:100_000])  # a cut download
     with pytest.raises(DatasetError, match=rf"has MD5 [0-9a-f]{{32}}, expected {BREAST_MD5} \(truncated, corrupt or "
-                                           rf"another release\)\. Fix: delete .*{FLAG}\.npz and run `fedmic download --dataset {FLAG}`"):
+                                           rf"another release\)\. Fix: delete it and download it again, `rm .*{FLAG}\.npz && "
+                                           rf"fedmic download --dataset {FLAG} --size 28 --root {tmp_path}`"):
         load_dataset(FLAG, tmp_path)
     target.write_bytes(b"not a zip at all")
-    with pytest.raises(DatasetError, match=r"cannot read .* as a MedMNIST \.npz \(ValueError: not a \.npz \(zip\) archive\)\. Fix: delete"):
+    with pytest.raises(DatasetError, match=r"cannot read .* as a MedMNIST \.npz \(ValueError: not a \.npz \(zip\) archive\)\. Fix: `rm "):
         load_dataset(FLAG, tmp_path, verify=False)
     assert target.read_bytes() == b"not a zip at all"  # never deleted behind the user's back
 
 
 def test_missing_file_while_offline(tmp_path):
-    with pytest.raises(DatasetError, match=rf"'{FLAG}' not found at .*Run `fedmic download --dataset {FLAG}`"):
+    with pytest.raises(DatasetError, match=rf"'{FLAG}' \(28x28 images\) not found at .*Run `fedmic download --dataset {FLAG} --size 28 --root {tmp_path}`"):
         load_dataset(FLAG, tmp_path)
     with socket.socket() as s:  # a port nothing listens on: as good as no network
         s.bind(("127.0.0.1", 0))

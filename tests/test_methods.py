@@ -205,5 +205,5 @@ def test_config_grid_and_cli_need_no_torch(tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == f"fedmic {__import__('fedmic').__version__}", p.stderr
     p = subprocess.run([str(exe), "--help"], env=env, capture_output=True, text=True)
     assert p.returncode == 0 and "report-grid" not in p.stdout
-    assert set(p.stdout.split("{", 1)[1].split("}", 1)[0].split(",")) == {"download", "partition", "train", "collect", "table",
-                                                                         "figure", "flower", "select"}
+    assert set(p.stdout.split("{", 1)[1].split("}", 1)[0].split(",")) == {"download", "partition", "stamp-partition", "train",
+                                                                         "collect", "table", "figure", "flower", "select"}

@@ -1,5 +1,6 @@
 """One version everywhere, the conda environments pinned where they must be, and the catalog
 files present and readable. conda cannot run here, so its files are checked by parsing them."""
+import os
 import re
 import shutil
 import subprocess

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class DatasetInfo:
         return self._md5s[self._check_size(size)]
 
     def filename(self, size: int = 28) -> str:
-        return f"{self.flag}.npz" if self._check_size(size) == 28 else f"{self.flag}_{size}.npz"
+        return registry.filename(self.flag, self._check_size(size))
 
 
 def available_datasets() -> list[str]:
@@ -98,22 +99,29 @@ def verify_md5(path: str | os.PathLike, expected: str) -> bool:
     return file_md5(path) == expected.lower()
 
 
-def _refuse_folder(info: DatasetInfo, path: Path) -> None:
+def download_command(flag: str, size: int, folder: Path) -> str:
+    """The `fedmic download` that puts this file where the command that failed looks for it."""
+    return f"fedmic download --dataset {flag} --size {size} --root {shlex.quote(str(folder))}"
+
+
+def _refuse_folder(info: DatasetInfo, path: Path, size: int) -> None:
     if path.is_dir():
         raise DatasetError(
             f"MedMNIST dataset '{info.flag}': {path} is a folder, where the dataset file belongs. Fix: remove or "
-            f"rename that folder, then run `fedmic download --dataset {info.flag}` or copy the .npz there."
+            f"rename that folder, then download the file: `rmdir {shlex.quote(str(path))} && "
+            f"{download_command(info.flag, size, path.parent)}` (an empty folder), or copy the .npz there."
         )
 
 
 def _check_existing(info: DatasetInfo, path: Path, size: int, url: str) -> None:
     actual = file_md5(path)
     if actual != info.md5(size):
-        # Never delete: the file may be the user's only copy or a deliberate replacement.
+        # Never deleted here: the file may be the user's only copy or a deliberate replacement.
         raise DatasetError(
             f"MedMNIST dataset '{info.flag}': {path} has MD5 {actual}, expected {info.md5(size)} "
-            f"(truncated, corrupt or another release). Fix: delete {path} and run "
-            f"`fedmic download --dataset {info.flag}` (fetches {url}), or put the right file there by hand."
+            f"(truncated, corrupt or another release). Fix: delete it and download it again, "
+            f"`rm {shlex.quote(str(path))} && {download_command(info.flag, size, path.parent)}` (fetches {url}), "
+            "or put the right file there by hand."
         )
 
 
@@ -131,7 +139,7 @@ def ensure_dataset(
     target = folder / info.filename(size)
     source = url or info.url(size)
     expected = info.md5(size)
-    _refuse_folder(info, target)
+    _refuse_folder(info, target, size)
     if target.exists():
         _check_existing(info, target, size, source)
         return target
@@ -223,11 +231,12 @@ def load_dataset(
             "trains single-label classifiers only and does not support it."
         )
     path = resolve_root(root) / info.filename(size)
-    fix = f"Fix: delete {path} and run `fedmic download --dataset {flag}`."
-    _refuse_folder(info, path)
+    download = download_command(flag, size, path.parent)
+    fix = f"Fix: `rm {shlex.quote(str(path))} && {download}`."
+    _refuse_folder(info, path, size)
     if not path.exists():
         raise DatasetError(
-            f"MedMNIST dataset '{flag}' not found at {path}. Run `fedmic download --dataset {flag}`, "
+            f"MedMNIST dataset '{flag}' ({size}x{size} images) not found at {path}. Run `{download}`, "
             f"or copy {info.url(size)} there by hand, or point fedmic at a folder that has it ({ROOT_HINT})."
         )
     if verify:

@@ -11,13 +11,18 @@ exactly one client; the splits are never merged. Two schemes:
   terminates, which the first scheme cannot promise on few-class datasets.
 
 A partition depends only on (dataset, scheme, lam, clients, seed, min_size), never
-on the method, and is stored as its own JSON file (``save_partition``).
+on the method, and is stored as its own JSON file (``save_partition``). The file proves
+itself: it carries a digest of its settings and indices, and every load checks the digest,
+the index ranges, the split sizes and that every client has a training image. A user's own
+indices become a partition through ``stamp`` (``fedmic stamp-partition``), marked custom.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +31,7 @@ import numpy as np
 
 from ..utils import atomic_write_text
 
-FORMAT = "fedmic-partition/1"
+FORMAT = "fedmic-partition/2"
 SCHEMES = ("dirichlet_label", "dirichlet_client")
 # Fixed processing order so the generator is consumed identically on every run.
 SPLIT_ORDER = ("train", "val", "test")
@@ -53,6 +58,8 @@ class Partition:
     n_images: dict[str, int] = field(default_factory=dict)
     # scheme-specific settings (max_tries, client_sizes), kept for provenance
     extra: dict[str, Any] = field(default_factory=dict)
+    # indices given by a user (fedmic stamp-partition), not drawn by a scheme
+    custom: bool = False
 
     @property
     def splits(self) -> list[str]:
@@ -81,6 +88,11 @@ class Partition:
         return self.indices[split]
 
     def to_dict(self) -> dict[str, Any]:
+        body = self._body()
+        indices = body.pop("indices")
+        return {**body, "digest": content_digest(body | {"indices": indices}), "indices": indices}
+
+    def _body(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "dataset": self.dataset,
@@ -94,24 +106,33 @@ class Partition:
             "redraws": int(self.redraws),
             "n_images": {k: int(v) for k, v in self.n_images.items()},
             "extra": _jsonable(self.extra),
+            "custom": bool(self.custom),
             "indices": {
                 s: [[int(v) for v in ix] for ix in self.indices[s]] for s in self.splits
             },
         }
 
+    @property
+    def digest(self) -> str:
+        """sha256 of the settings and indices: what the file records, the run JSON and the
+        checkpoint carry, and every load compares."""
+        return content_digest(self._body())
+
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "partition dict") -> "Partition":
-        """Rebuild and check a partition; any inconsistency raises PartitionError."""
+    def from_dict(cls, d: Mapping[str, Any], source: str = "partition dict", digest: bool = True) -> "Partition":
+        """Rebuild and check a partition; any inconsistency raises PartitionError. digest=False:
+        indices that have no digest yet (stamp)."""
         if not isinstance(d, Mapping):
             raise PartitionError(f"{source}: expected a JSON object, got {type(d).__name__}")
         fmt = d.get("format")
         if fmt != FORMAT:
             raise PartitionError(
-                f"{source}: format is {fmt!r}, this fedmic reads {FORMAT!r}; "
-                "delete the file and rerun the partition step to rebuild it"
+                f"{source}: format is {fmt!r}, this fedmic reads {FORMAT!r}"
+                + (" (an older fedmic made it, without the digest every load checks)"
+                   if str(fmt).startswith("fedmic-partition/") else "")
             )
         required = ("dataset", "scheme", "lam", "clients", "seed", "min_size",
-                    "dataset_md5", "n_classes", "indices")
+                    "dataset_md5", "n_classes", "n_images", "indices", *(("digest",) if digest else ()))
         missing = [k for k in required if k not in d]
         if missing:
             raise PartitionError(f"{source}: missing field(s) {missing}")
@@ -131,23 +152,69 @@ class Partition:
                 clients=clients, seed=int(d["seed"]), min_size=int(d["min_size"]),
                 dataset_md5=str(d["dataset_md5"]), n_classes=n_classes, indices=indices,
                 redraws=int(d.get("redraws", 0)), n_images=n_images,
-                extra=dict(d.get("extra", {})),
+                extra=dict(d.get("extra", {})), custom=bool(d.get("custom", False)),
             )
         except PartitionError:
             raise
         except (TypeError, ValueError, KeyError) as e:
             raise PartitionError(f"{source}: malformed partition ({e})") from e
-        for split, lists in part.indices.items():
+        part.check(source)
+        if digest and d["digest"] != part.digest:
+            raise PartitionError(f"{source} was changed after it was made: its digest does not match its settings "
+                                 "and indices")
+        return part
+
+    def check(self, source: str) -> None:
+        """The indices fit the split sizes, no image has two clients, every client trains."""
+        for split in SPLIT_ORDER:
+            if split not in self.indices:
+                raise PartitionError(f"{source}: no {split!r} split")
+        for split, lists in self.indices.items():
+            n = self.n_images.get(split)
+            if n is None:
+                raise PartitionError(f"{source}: no image count (n_images) for split {split!r}")
             allix = np.concatenate(lists) if lists else np.zeros(0, np.int64)
             if len(np.unique(allix)) != len(allix):
                 raise PartitionError(f"{source}: split {split!r} gives an image to two clients")
-            n = part.n_images.get(split)
-            if n is not None and len(allix) and (allix.min() < 0 or allix.max() >= n):
-                raise PartitionError(f"{source}: split {split!r} has indices outside [0, {n})")
-        return part
+            for cid, ix in enumerate(lists):
+                if len(ix) and (ix.min() < 0 or ix.max() >= n):
+                    bad = int(ix.min() if ix.min() < 0 else ix.max())
+                    raise PartitionError(f"{source}: client {cid} has index {bad} in split {split!r}, "
+                                         f"outside [0, {n}) (the split has {n} images)")
+        for cid, ix in enumerate(self.indices["train"]):
+            if len(ix) < max(1, self.min_size):
+                raise PartitionError(f"{source}: client {cid} has {len(ix)} training images, fewer than min_size "
+                                     f"{self.min_size}" + (" (a client needs a training image)" if not len(ix) else ""))
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def content_digest(d: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in d.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def image_size_of(dataset: str, dataset_md5: str) -> int | None:
+    """The image size whose file has this MD5 (None: not a registered file)."""
+    from .registry import DATASETS
+    return next((int(s) for s, m in DATASETS.get(dataset, {}).get("md5", {}).items() if m == dataset_md5), None)
+
+
+def partition_command(d: Mapping[str, Any], path: str | Path, root: str | Path | None = None) -> str | None:
+    """The `fedmic partition` command that makes this partition file again (None: a custom
+    partition, or a file too damaged to say)."""
+    try:
+        if d.get("custom"):
+            return None
+        size = image_size_of(str(d["dataset"]), str(d.get("dataset_md5")))
+        where = [f"--root {shlex.quote(str(root))}"] if root else []
+        args = [f"--dataset {d['dataset']}", f"--size {size or 28}", *where,
+                f"--scheme {d['scheme']}", f"--lam {float(d['lam'])!r}", f"--clients {int(d['clients'])}",
+                f"--seed {int(d['seed'])}", f"--min-size {int(d['min_size'])}", f"--out {shlex.quote(str(path))}"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return "fedmic partition " + " ".join(args)
 
 
 def _ordered_splits(keys) -> list[str]:
@@ -199,8 +266,8 @@ def _check_common(ys: Mapping[str, np.ndarray], n_clients, lam, min_size) -> Non
         raise ValueError(f"n_clients must be an integer >= 1, got {n_clients!r}")
     if not (isinstance(lam, (int, float, np.floating, np.integer)) and math.isfinite(lam) and lam > 0):
         raise ValueError(f"lam (Dirichlet concentration) must be a finite number > 0, got {lam!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+        raise ValueError(f"min_size must be an integer >= 1 (every client needs a training image), got {min_size!r}")
     n_train = len(ys["train"])
     if n_clients * min_size > n_train:
         raise ValueError(
@@ -464,7 +531,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def save_partition(part: Partition, path: str | Path) -> Path:
-    """Write ``part`` as JSON, atomically (a reader sees the old file or the new one)."""
+    """Write ``part`` as JSON with its digest, atomically (a reader sees the old file or the
+    new one)."""
+    part.check(f"partition for {path}")
     d = part.to_dict()
     indices = d.pop("indices")
     # one client per line keeps the file greppable without an int per line
@@ -484,31 +553,46 @@ def save_partition(part: Partition, path: str | Path) -> Path:
     return atomic_write_text(path, text)
 
 
-def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None) -> Partition:
-    """Read a partition file; with ``expect``, refuse one made for other settings."""
+def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None,
+                   root: str | Path | None = None) -> Partition:
+    """Read and check a partition file; with ``expect``, refuse one made for other settings.
+    ``root`` (the MedMNIST folder) goes into the command a message prints."""
     path = Path(path)
     if expect:
         unknown = set(expect) - set(EXPECT_KEYS)
         if unknown:
             raise ValueError(f"unknown expect key(s) {sorted(unknown)}; allowed: {EXPECT_KEYS}")
-    fix = "delete it and rerun the partition step (snakemake rebuilds it)"
+    wanted = partition_command(expect, path, root) if expect and set(EXPECT_KEYS) <= set(expect) else None
+
+    def fix(command: str | None) -> str:
+        again = "delete it and rerun the partition step (snakemake makes it again)"
+        return f"Fix: `{command}`, or {again}" if command else f"Fix: {again}"
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PartitionError(f"partition file {path} not found; make it with `fedmic partition ... --out {path}` "
+        make = wanted or f"fedmic partition ... --out {path}"
+        raise PartitionError(f"partition file {path} not found; make it with `{make}` "
                              "(the workflow's partition rule does) or check the path") from None
+    except IsADirectoryError as e:
+        raise PartitionError(f"partition file {path} cannot be read ({e}); remove or rename that folder, then "
+                             "rerun the partition step") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise PartitionError(f"partition file {path} cannot be read ({e}); {fix}") from e
+        raise PartitionError(f"partition file {path} cannot be read ({e}); {fix(wanted)}") from e
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise PartitionError(
-            f"partition file {path} is truncated or not valid JSON ({e.msg} at line {e.lineno}); {fix}"
+            f"partition file {path} is truncated or not valid JSON ({e.msg} at line {e.lineno}); {fix(wanted)}"
         ) from e
     try:
         part = Partition.from_dict(d, source=f"partition file {path}")
     except PartitionError as e:
-        raise PartitionError(f"{e}; {fix}") from e
+        if isinstance(d, Mapping) and d.get("custom"):
+            raise PartitionError(f"{e}; Fix: stamp your indices again, `fedmic stamp-partition --in YOURS.json "
+                                 f"--out {path}` (fedmic stamp-partition --help)") from e
+        made = partition_command(d, path, root) if isinstance(d, Mapping) else None
+        raise PartitionError(f"{e}; {fix(wanted or made)}") from e
     for key, want in (expect or {}).items():
         have = getattr(part, key)
         if key == "lam":
@@ -520,6 +604,26 @@ def load_partition(path: str | Path, expect: Mapping[str, Any] | None = None) ->
         if not same:
             raise PartitionError(
                 f"partition file {path} does not match the run: field {key!r} is {have!r} in "
-                f"the file but {want!r} is expected. The file was made for other settings; {fix}."
+                f"the file but {want!r} is expected. The file was made for other settings; {fix(wanted)}"
             )
     return part
+
+
+def stamp(d: Mapping[str, Any], n_images: Mapping[str, int], n_classes: int, dataset_md5: str,
+          source: str) -> Partition:
+    """A user's own indices as a checked partition, marked custom. ``d`` gives the settings a
+    run config matches (dataset, scheme, lam, clients, seed, min_size) and the indices of
+    every split; the data gives the rest."""
+    if not isinstance(d, Mapping):
+        raise PartitionError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    need = ("dataset", "scheme", "lam", "clients", "seed", "min_size", "indices")
+    missing = [k for k in need if k not in d]
+    if missing:
+        raise PartitionError(f"{source}: missing field(s) {missing}; a custom partition names {list(need)} "
+                             "(the settings its runs use, and per split one index list per client)")
+    if d["scheme"] not in SCHEMES:
+        raise PartitionError(f"{source}: scheme {d['scheme']!r} is not one of {SCHEMES}; give the scheme the run "
+                             "config names (the run JSON records that the indices are custom)")
+    body = {**{k: d[k] for k in need}, "format": FORMAT, "dataset_md5": dataset_md5, "n_classes": int(n_classes),
+            "redraws": 0, "n_images": dict(n_images), "extra": {}, "custom": True}
+    return Partition.from_dict(body, source, digest=False)

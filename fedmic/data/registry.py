@@ -8,13 +8,24 @@ CPU-only torch. tests/test_data.py checks every entry against `medmnist.INFO` wh
 medmnist is importable (`make install` puts it in .venv with --no-deps for that check only).
 """
 
+import os
+
 RECORD = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
+# a folder (URL) holding the same files, for sites that reach Zenodo through a mirror
+MIRROR_ENV = "FEDMIC_MEDMNIST_MIRROR"
+
+
+def filename(flag: str, size: int) -> str:
+    """`<flag>.npz` (28x28 images) or `<flag>_<size>.npz`."""
+    return f"{flag}{'' if size == 28 else f'_{size}'}.npz"
 
 
 def url(flag: str, size: int) -> str:
-    """Zenodo download URL of `<flag>.npz` (28x28) or `<flag>_<size>.npz`."""
-    return f"{RECORD}/{flag}{'' if size == 28 else f'_{size}'}.npz?download=1"
+    """Download URL of filename(flag, size): Zenodo, or $FEDMIC_MEDMNIST_MIRROR."""
+    name = filename(flag, size)
+    mirror = os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{name}" if mirror else f"{RECORD}/{name}?download=1"
 
 
 # flag -> python_class (display name), task, n_channels, labels {id: name}, n_samples, MD5 per size

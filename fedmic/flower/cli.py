@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..outputs import FLOWER_APP_HEAD  # how fedmic.outputs knows the file
 from ..utils import atomic_write_text
 
 # The Flower app is the installed fedmic package: its FAB holds only this file, so every site runs
 # the fedmic it has installed (the ServerApp refuses a site whose version differs).
-APP_TOML = """\
-# The Flower app of fedmic (written by `fedmic flower app`): one ServerApp and one ClientApp for
+APP_TOML = FLOWER_APP_HEAD + """ (written by `fedmic flower app`): one ServerApp and one ClientApp for
 # every method, imported from the installed fedmic package. Run it with
 #   flwr run <this folder> <connection> --stream --run-config 'config="/abs/run.yaml" partition="/abs/p.json" out="/abs/run.json"'
 [build-system]
@@ -47,7 +47,9 @@ wire-counts = ""
 
 
 def write_app(folder: str | Path) -> Path:
+    from ..outputs import FLOWER_APP, check_outputs
     path = Path(folder) / "pyproject.toml"
+    check_outputs("flower app", {path: ("--out", FLOWER_APP)}, [])
     atomic_write_text(path, APP_TOML.format(version=__version__))
     return path.parent
 

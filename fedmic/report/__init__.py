@@ -15,17 +15,17 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 
-def labels_loader(root: str | None = None) -> Callable[[str], Mapping[str, np.ndarray]]:
-    """dataset -> {split: labels}, each dataset read once (for T1 and F3)."""
+def labels_loader(root: str | None = None) -> Callable[..., Mapping[str, np.ndarray]]:
+    """(dataset, image size) -> {split: labels}, each file read once (for T1 and F3)."""
     from fedmic.data.medmnist import load_dataset
 
-    cache: dict[str, dict[str, np.ndarray]] = {}
+    cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
-    def load(dataset: str) -> Mapping[str, np.ndarray]:
-        if dataset not in cache:
-            data = load_dataset(dataset, root)
-            cache[dataset] = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
-        return cache[dataset]
+    def load(dataset: str, size: int = 28) -> Mapping[str, np.ndarray]:
+        if (dataset, size) not in cache:
+            data = load_dataset(dataset, root, size=size)
+            cache[dataset, size] = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
+        return cache[dataset, size]
 
     return load
 

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from fedmic.data.partition import Partition, load_partition
+from fedmic.data.partition import Partition, image_size_of, load_partition
 from fedmic.report.io import save_figure, write_table
 from fedmic.report.views import class_names, pretty_dataset
 
@@ -34,7 +34,9 @@ def _load_all(paths: Sequence[Path], labels_loader: LabelsLoader):
     for p in paths:
         part = load_partition(p)
         if part.dataset not in cache:
-            raw = labels_loader(part.dataset)
+            # the partition was made from the file of this size (labels are the same at every size)
+            size = image_size_of(part.dataset, part.dataset_md5)
+            raw = labels_loader(part.dataset, size) if size not in (None, 28) else labels_loader(part.dataset)
             cache[part.dataset] = {s: np.asarray(y).reshape(len(y), -1)[:, 0].astype(np.int64)
                                    for s, y in raw.items()}
         labels = cache[part.dataset]

@@ -60,7 +60,9 @@ def record(run_paths: Sequence[str | Path], config: dict | None, source: str | N
 
 
 def write(path: str | Path, run_paths: Sequence[str | Path], config: dict | None, source: str | None) -> Path:
-    text = ("# Provenance of these results (fedmic collect): the workflow, the software that\n"
+    from fedmic.outputs import PROVENANCE_HEAD  # how fedmic.outputs knows the file
+
+    text = (f"{PROVENANCE_HEAD} (fedmic collect): the workflow, the software that\n"
             "# collected them, what each run recorded, and the resolved workflow configuration.\n")
     text += yaml.safe_dump(record(run_paths, config, source), sort_keys=False, allow_unicode=True, width=100)
     return atomic_write_text(path, text)

@@ -53,21 +53,35 @@ def _num(x) -> float:
         return math.nan
 
 
+RETRAIN = ("Fix: `rm {path}`, then rerun the workflow, whose train rule writes it again (or rerun the "
+           "`fedmic train ... --out {path}` that made it)")
+
+
 def read_run(path: str | Path) -> dict:
+    import shlex
+
+    from fedmic.outputs import RUN, file_kind
+
     path = Path(path)
+    retrain = RETRAIN.format(path=shlex.quote(str(path)))
     try:
         with open(path, encoding="utf-8") as f:
             run = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{path}: cannot read run JSON ({e}); check the path, or rerun `fedmic train` "
                          "(the workflow's train rule) to write it") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: run JSON is truncated or not JSON ({e}). {retrain}") from e
     got = run.get("format") if isinstance(run, dict) else type(run).__name__
+    kind = file_kind(path)
+    if kind not in (RUN, None):
+        raise ValueError(f"{path} is a {kind}, not a run JSON: give run JSONs (results/runs/.../seed*.json) here")
     if got not in FORMATS:
         raise ValueError(f"{path}: not a run JSON of this version (format {got!r}, expected one of {FORMATS}); "
-                         "retrain it (snakemake reruns it) or read it with the fedmic version that wrote it")
+                         f"read it with the fedmic version that wrote it, or retrain it. {retrain}")
     for key in ("config", "history", "summary"):
         if key not in run:
-            raise ValueError(f"{path}: run JSON has no {key!r}")
+            raise ValueError(f"{path}: run JSON has no {key!r}. {retrain}")
     return run
 
 
@@ -155,11 +169,22 @@ def run_rows(run: dict, timing: dict | None = None) -> list[dict]:
 
 
 def timing_of(path: Path) -> dict | None:
+    import shlex
+
     tp = path.with_suffix(".timing.json")
     if not tp.exists():
         return None
-    with open(tp, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(tp, encoding="utf-8") as f:
+            timing = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        timing = e
+    if not isinstance(timing, dict) or not isinstance(timing.get("rounds"), list):
+        why = timing if isinstance(timing, Exception) else "no list of rounds"
+        raise ValueError(f"{tp}: the timing file of {path} is truncated or not one ({why}). Fix: `rm "
+                         f"{shlex.quote(str(tp))}` (the run then has no time and memory rows), or retrain the run "
+                         "to write both again")
+    return timing
 
 
 def collect(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -129,6 +129,7 @@ else:
     FEDMIC_ENV = "../envs/fedmic.yaml"
 
 from fedmic import dataroot, grid, schema, tuning, watch
+from fedmic.data import registry
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
 
@@ -313,8 +314,11 @@ def code_of_run(wc):
     return grid.code_files(ARMS[wc.arm]["method"])
 
 
+IMAGE_SIZE = grid.image_size(config)
+
+
 def dataset_file(dataset):
-    return f"{DATA_ROOT}/{dataset}.npz"
+    return f"{DATA_ROOT}/{registry.filename(dataset, IMAGE_SIZE)}"
 
 
 def runs_of(name):

@@ -3,7 +3,7 @@
 
 rule download:
     output:
-        protected(f"{DATA_ROOT}/{{dataset}}.npz"),
+        protected(dataset_file("{dataset}")),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     localrule: True
@@ -12,8 +12,10 @@ rule download:
     params:
         fedmic=FEDMIC,
         root=lambda wc, output: os.path.dirname(output[0]),
+        size=IMAGE_SIZE,
     shell:
-        "{params.fedmic} download --dataset {wildcards.dataset} --root {params.root:q} --quiet > {log:q} 2>&1"
+        "{params.fedmic} download --dataset {wildcards.dataset} --size {params.size} --root {params.root:q} --quiet"
+        " > {log:q} 2>&1"
 
 
 # ancient(): a dataset copied or downloaded again gets a new mtime but the same bytes (every
@@ -32,7 +34,9 @@ rule partition:
         fedmic=FEDMIC,
         root=DATA_ROOT,
         min_size=config.get("partition", {}).get("min_size", 10),
+        size=IMAGE_SIZE,
     shell:
-        "{params.fedmic} partition --dataset {wildcards.dataset} --root {params.root:q} --scheme {wildcards.scheme}"
+        "{params.fedmic} partition --dataset {wildcards.dataset} --size {params.size} --root {params.root:q}"
+        " --scheme {wildcards.scheme}"
         " --lam {wildcards.lam} --clients {wildcards.clients} --seed {wildcards.seed}"
         " --min-size {params.min_size} --out {output:q} > {log:q} 2>&1"
