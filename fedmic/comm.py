@@ -206,7 +206,7 @@ def _sketched_factors(m: torch.Tensor, energy: float, k_max: int) -> tuple[torch
 def svd_encode(state: dict[str, torch.Tensor], energy: float | None = None, dtype: torch.dtype = torch.float32,
                rank: int | None = None, dense_check: bool = True,
                reference: SpectralReference | None = None, exact: bool = False) -> Payload:
-    """Dynamic singular-value selection (SPEC 1.2): each tensor with >= 2 dims is reshaped to
+    """Dynamic singular-value selection (docs/method.md, Global parameter decomposition): each tensor with >= 2 dims is reshaped to
     (out, rest) and sent as U_k, s_k, V_k^T when that is smaller than the dense matrix;
     everything else is sent dense. Ranks and shapes go in the metadata. k is the smallest rank
     keeping `energy` of sum(s^2), or `rank` when given (the fixed-rank ablation).

@@ -31,7 +31,7 @@ class RunConfig:
     method: str = "fedavg"             # algorithm name (fedmic.methods.METHODS)
     arm: str | None = None             # name of this variant in tables (default: method)
     hp: dict = field(default_factory=dict)  # the method's hyperparameters (its defaults fill the rest)
-    # partition (SPEC 2.1)
+    # partition (docs/method.md, Partitions)
     lam: float = 0.5
     clients: int = 20
     scheme: str = "dirichlet_label"

@@ -2,7 +2,6 @@
 aggregation, evaluation of all clients, checkpoints and the run's JSON."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
@@ -445,7 +444,7 @@ def _pick(ev: dict, who: str, split: str) -> dict | None:
 
 
 def summarise(history: list[dict], last_k: int) -> dict:
-    """Reported values (SPEC 2.2): mean over the last k evaluated rounds, and the test value at
+    """Reported values (docs/method.md, Engine and protocol): mean over the last k evaluated rounds, and the test value at
     the round chosen on validation accuracy. Never the maximum over test rounds."""
     evals = [h for h in history if "eval" in h]
     up = [sum(h["uplink_bytes"]) for h in history]
@@ -479,12 +478,3 @@ def summarise(history: list[dict], last_k: int) -> dict:
 def _nanmean(v):
     a = np.array([x if x is not None else np.nan for x in v], dtype=float)
     return float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
-
-
-def load_run(path: str | Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def train(cfg: RunConfig, partition: str | Path, out: str | Path, data_root: str | None = None) -> dict:
-    return Simulation(cfg, partition, data_root).run(out)

@@ -1,4 +1,4 @@
-"""Dual knowledge distillation: each term vanishes with its switch and has gradients only where SPEC 1.1 says."""
+"""Dual knowledge distillation: each term vanishes with its switch and has gradients only where docs/method.md (Dual knowledge distillation) says."""
 import pytest
 import torch
 from torch import nn

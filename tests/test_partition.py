@@ -1,4 +1,4 @@
-"""Partitions (SPEC 2.1) on real MedMNIST labels."""
+"""Partitions (docs/method.md) on real MedMNIST labels."""
 
 from __future__ import annotations
 

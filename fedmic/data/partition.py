@@ -1,4 +1,4 @@
-"""Client partitions of a MedMNIST dataset (SPEC section 2.1).
+"""Client partitions of a MedMNIST dataset (docs/method.md, Partitions).
 
 A partition assigns every image of the official train, val and test splits to
 exactly one client; the splits are never merged. Two schemes:
