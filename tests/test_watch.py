@@ -154,4 +154,7 @@ def test_shipped_configs_show_the_round_lines(path):
 
     config = yaml.safe_load((REPO / path).read_text())
     keys = grid.all_runs(config)
-    assert keys and all(grid.run_config(config, k).progress for k in keys)
+    # a tuned arm's run takes its selection's lr and hyperparameters: its own settings stand in
+    own = {"lr": None, "hp": {}}
+    assert keys and all(grid.run_config(config, k, own if grid.tuned_from(config, k.arm) else None).progress
+                        for k in keys)
