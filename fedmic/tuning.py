@@ -18,6 +18,7 @@ data is never read.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,13 @@ def trial_settings(method: str, arm: str, base_hp: dict, budget: int, seed: int)
     """The `budget` trials of `arm`: [{"lr": float | None, "hp": {...}}], trial 0 the arm's own
     settings (lr None: the run's lr). Each drawn hp set passes the method's rules (a draw that
     breaks one, e.g. energy_start > energy_end, is drawn again from the next stream)."""
+    # the workflow asks for every run's arms: draw once per arm, hand out copies
+    return json.loads(_trial_settings(method, arm, json.dumps(base_hp, sort_keys=True), budget, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _trial_settings(method: str, arm: str, base_hp_json: str, budget: int, seed: int) -> str:
+    base_hp = json.loads(base_hp_json)
     space = tuned_space(method)
     trials = [{"lr": None, "hp": {}}]
     for t in range(1, budget):
@@ -59,7 +67,7 @@ def trial_settings(method: str, arm: str, base_hp: dict, budget: int, seed: int)
             break
         else:  # pragma: no cover - a space whose draws always break a rule is a declaration bug
             raise ValueError(f"{arm}: 100 draws of trial {t} all break {method}'s rules; fix its spaces")
-    return trials
+    return json.dumps(trials)
 
 
 def trial_number(arm: str) -> int:
