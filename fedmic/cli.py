@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, load_run_config
 
 
 def _labels_loader(root):
@@ -81,39 +81,6 @@ def cmd_stamp_partition(a):
                  data.info.md5(a.size), source=str(a.input))
     save_partition(part, a.out)
     logging.info("custom partition %s: %d clients, digest %s", a.out, part.clients, part.digest[:12])
-
-
-def load_run_config(spec: str, overrides: list[str], **settings) -> RunConfig:
-    """A run config from a file or inline JSON, then `--set KEY=VALUE` overrides and flags
-    (`settings`, None: not given), all checked together by RunConfig."""
-    if spec.lstrip().startswith("{"):
-        try:
-            d = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config: inline JSON is malformed ({e})") from None
-    else:
-        if Path(spec).is_dir():
-            raise ConfigError(f"--config {spec} is a folder; give a YAML/JSON run config file or an inline JSON object")
-        with open(spec) as f:  # a stream, so a YAML error names the file
-            d = yaml.safe_load(f)
-        if d is None:
-            raise ConfigError(f"config file {spec} is empty; write the run's settings in it as key: value lines "
-                              "(at least dataset: NAME), or pass --config '{\"dataset\": ...}'")
-    if not isinstance(d, dict):
-        raise ConfigError(f"config {spec} must be a mapping of key: value (e.g. dataset: breastmnist), got {d!r}")
-    for item in overrides or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set {item!r}: write KEY=VALUE (e.g. --set lr=0.01 or --set hp.tau=4)")
-        target = d
-        *path, last = key.split(".")
-        for p in path:
-            target = target.setdefault(p, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping in the config")
-        target[last] = yaml.safe_load(value)
-    d.update({k: v for k, v in settings.items() if v is not None})
-    return RunConfig.from_dict(d)
 
 
 def check_device(name: str) -> None:

@@ -360,7 +360,7 @@ class FlowerRun(Simulation):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from ..cli import load_run_config
+    from ..config import load_run_config
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
