@@ -55,10 +55,14 @@ def send_frame(stream, obj) -> None:
 
 
 def read_frame(stream):
+    """The next frame, or None at the end of the stream, also where a killed site left its last
+    frame cut short (the crash tests kill sites mid-reply: that reply never arrived)."""
     head = stream.read(8)
     if len(head) < 8:
         return None
-    return pickle.loads(stream.read(struct.unpack("<Q", head)[0]))
+    size = struct.unpack("<Q", head)[0]
+    body = stream.read(size)
+    return pickle.loads(body) if len(body) == size else None
 
 
 class ProcessGrid:
