@@ -161,7 +161,9 @@ def trial_arms(config: dict) -> dict[str, dict]:
         spec = base_arms(config)[name]
         for t, trial in enumerate(tuning.trial_settings(spec["method"], name, spec["hp"], int(sec["budget"]),
                                                         int(sec["seed"]))):
-            train = {**spec["train"], "rounds": int(sec["rounds"])}
+            # a trial that diverges must not stop the workflow: its non-finite updates are dropped
+            # and counted, and such a trial is not eligible for selection (fedmic/tuning.py)
+            train = {**spec["train"], "rounds": int(sec["rounds"]), "on_nonfinite": "skip"}
             if trial["lr"] is not None:
                 train["lr"] = trial["lr"]
             arms[tuning.trial_arm(name, t)] = {"method": spec["method"], "hp": {**spec["hp"], **trial["hp"]},

@@ -11,8 +11,9 @@ of unimportant ones (a grid spends its budget on their combinations), and it giv
 one hyperparameter and a method with six exactly the same budget. Drawing each trial from its
 own seed keeps trials 0..n-1 unchanged when the budget grows to n+k, so their runs are reused.
 
-A trial is scored by the mean sample-weighted personalised validation ACC of its last k
-evaluated rounds (the run's last_k; global methods are scored with their global model, which is
+A trial runs with on_nonfinite: skip, so one that diverges does not stop the workflow; a trial
+with any dropped (non-finite) update is not eligible. A trial is scored by the mean
+sample-weighted personalised validation ACC of its last k evaluated rounds (the run's last_k; global methods are scored with their global model, which is
 what they evaluate on each client); the best score wins, the lower trial number on a tie. Test
 data is never read.
 """
@@ -98,15 +99,19 @@ def select(tidy, metric: str = "acc") -> dict:
                          f"{', '.join(sorted(map(str, runs['arm'])))}")
     scores = validation_scores(tidy, metric)
     lrs = tidy[(tidy["scope"] == "config") & (tidy["metric"] == "lr")].set_index(RUN_KEY)["value"]
+    skipped = tidy[(tidy["scope"] == "comm") & (tidy["metric"] == "skipped_total")].set_index(RUN_KEY)["value"]
     rows = []
     for _, run in runs.iterrows():
         key = tuple(run[k] for k in RUN_KEY)
         rows.append({"trial": trial_number(run["arm"]), "lr": float(lrs[key]), "hp": json.loads(run["hp_changes"]),
-                     "score": float(scores.get(key, math.nan))})
+                     "score": float(scores.get(key, math.nan)), "skipped_updates": int(skipped.get(key, 0) or 0)})
     rows.sort(key=lambda r: r["trial"])
-    finite = [r for r in rows if math.isfinite(r["score"])]
+    # a trial whose training diverged (an update dropped as non-finite) is not eligible: its
+    # settings would stop the reported runs, which do not skip
+    finite = [r for r in rows if math.isfinite(r["score"]) and r["skipped_updates"] == 0]
     if not finite:
-        raise ValueError("no trial has a validation score (did every trial diverge?)")
+        raise ValueError("no trial has a validation score without a diverged update; widen the budget or "
+                         "narrow the spaces (docs/tuning.md)")
     best = max(finite, key=lambda r: (r["score"], -r["trial"]))
     return {"arm": bases.pop(), "dataset": str(settings["dataset"].iloc[0]), "lam": float(settings["lam"].iloc[0]),
             "metric": f"personalised validation {metric}, mean of the last k evaluated rounds",

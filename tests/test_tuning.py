@@ -43,7 +43,8 @@ def test_every_tuned_arm_gets_the_same_budget_of_trials_of_the_same_rounds():
     runs = grid.tuning_runs(cfg)
     assert len(runs) == 4 * 5 and {k.seed for k in runs} == {100}  # one dataset, one lambda
     # trial 0 is the arm's own settings; the others draw lr and every declared space
-    assert trials["fedmic-no-rep-trial00"] == {**grid.base_arms(cfg)["fedmic-no-rep"], "train": {"rounds": 1}}
+    assert trials["fedmic-no-rep-trial00"] == {**grid.base_arms(cfg)["fedmic-no-rep"],
+                                               "train": {"rounds": 1, "on_nonfinite": "skip"}}
     drawn = trials["fedmic-no-rep-trial03"]
     assert drawn["hp"]["rep_distill"] is False and set(drawn["hp"]) == {"rep_distill", "alpha", "beta", "tau"}
     assert "lr" in drawn["train"] and set(trials["local-trial02"]["hp"]) == set()
@@ -99,6 +100,20 @@ def test_the_selection_follows_validation_where_test_would_choose_otherwise():
     assert [t["score"] for t in sel["trials"]] == pytest.approx([0.6, 0.85, 0.7])
     # a tie goes to the lower trial
     assert tuning.select(trial_frame([[0.7, 0.7], [0.7, 0.7]], [[0, 0], [1, 1]]))["chosen"]["trial"] == 0
+
+
+def test_a_trial_that_diverged_is_not_eligible():
+    """Trials skip non-finite updates (so one that diverges does not stop the workflow), and one
+    that skipped any is never chosen, however well it scored."""
+    df = trial_frame([[0.5, 0.6], [0.9, 0.95]], [[0.5, 0.5], [0.5, 0.5]])
+    key = df[df["arm"] == tuning.trial_arm("fedavg", 1)].iloc[0]
+    diverged = {**key.to_dict(), "select": "run", "round": math.nan, "scope": "comm", "split": math.nan,
+                "metric": "skipped_total", "value": 3}
+    sel = tuning.select(pd.concat([df, pd.DataFrame([diverged])], ignore_index=True))
+    assert sel["chosen"]["trial"] == 0 and sel["trials"][1]["skipped_updates"] == 3
+    assert tuning.select(df)["chosen"]["trial"] == 1  # the same trial without the dropped updates wins
+    cfg = config()
+    assert {spec["train"]["on_nonfinite"] for spec in grid.trial_arms(cfg).values()} == {"skip"}
 
 
 def test_selecting_from_runs_of_two_arms_is_refused():
