@@ -695,8 +695,10 @@ def test_corrupt_run_json_in_the_workflow_fix_as_printed(tmp_path):
 
     printed = printed_command(lines[0])
     assert printed == f"rm {victim.relative_to(tmp_path)}"
+    # the two steps as printed: the rm, then the workflow with the flags the message names
     subprocess.run(["bash", "-c", printed], cwd=tmp_path, check=True)
-    again = subprocess.run(sm, env=env, capture_output=True, text=True, timeout=900)
+    flags = re.search(r"rerun the workflow with `([^`]+)` added", lines[0]).group(1).split()
+    again = subprocess.run([*sm, *flags], env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert victim.read_bytes() == good
     assert all(path.read_bytes() == data for path, data in kept.items())

@@ -53,8 +53,10 @@ def _num(x) -> float:
         return math.nan
 
 
-RETRAIN = ("Fix: `rm {path}`, then rerun the workflow, whose train rule writes it again (or rerun the "
-           "`fedmic train ... --out {path}` that made it)")
+# Snakemake rebuilds a missing file only for a job that has to run: with the tables still in
+# place nothing would, so the collecting rules are forced and the train rule then writes it
+RETRAIN = ("Fix: `rm {path}`, then rerun the workflow with `--forcerun collect collect_all` added, which "
+           "retrains it (or rerun the `fedmic train ... --out {path}` that made it)")
 
 
 def read_run(path: str | Path) -> dict:
