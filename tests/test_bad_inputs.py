@@ -58,6 +58,11 @@ def sets(*pairs, config=None):
     return train(*[a for p in pairs for a in ("--set", p)], config=config)
 
 
+def fake_run(w):
+    """A made-up run JSON in the case's folder (an input the command must not replace)."""
+    write(w, "run.json", FAKE_RUN)
+
+
 def config_file(text):
     return lambda w: (w.dir / "cfg.yaml").write_text(text)
 
@@ -341,13 +346,13 @@ CASES = [
          setup=lambda w: write(w, "out/r.timing.json", '{"rounds": []}\n')),
     Case("collect --out is its run JSON", ["collect", "--inputs", "run.json", "--out", "run.json"], 2,
          ("run.json (--out) is also an input (--inputs run.json)", "would replace that run JSON"),
-         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         setup=fake_run),
     Case("collect --out holds a partition", ["collect", "--inputs", "run.json", "--out", "{part}"], 2,
          ("p.json holds a partition file; `fedmic collect` would replace it with a results file",),
-         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         setup=fake_run),
     Case("collect --provenance is its run JSON",
          ["collect", "--inputs", "run.json", "--out", "r.csv.gz", "--provenance", "run.json"], 2,
-         ("run.json (--provenance) is also an input (--inputs run.json)",), setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         ("run.json (--provenance) is also an input (--inputs run.json)",), setup=fake_run),
     Case("table --out writes over its results file", ["table", "t2", "--inputs", "t2.csv", "--out", "t2"], 2,
          ("t2.csv (--out) is also an input (--inputs t2.csv)", "would replace that results file"),
          setup=lambda w: write(w, "t2.csv", RESULTS_HEAD + "\n")),
@@ -356,7 +361,7 @@ CASES = [
     Case("partition --out holds a run JSON", ["partition", "--dataset", FLAG, "--root", "{data}", "--lam", "0.5",
                                               "--clients", "3", "--out", "run.json"], 2,
          ("run.json holds a run JSON; `fedmic partition` would replace it with a partition file",),
-         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         setup=fake_run),
     Case("stamp-partition --out is its input", ["stamp-partition", "--in", "mine.json", "--out", "mine.json"], 2,
          ("mine.json (--out) is also an input (--in mine.json)",), setup=lambda w: write(w, "mine.json", "{}\n")),
     Case("flower app over a project", ["flower", "app", "--out", "proj"], 2,
@@ -423,10 +428,10 @@ CASES = [
     # issue 22: tuning
     Case("select --out is one of its trials", ["select", "--inputs", "run.json", "--out", "run.json"], 2,
          ("run.json (--out) is also an input (--inputs run.json)", "would replace that run JSON"),
-         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         setup=fake_run),
     Case("select --out holds a partition", ["select", "--inputs", "run.json", "--out", "{part}"], 2,
          ("p.json holds a partition file; `fedmic select` would replace it with a tuning selection",),
-         setup=lambda w: write(w, "run.json", FAKE_RUN)),
+         setup=fake_run),
     Case("tuning seed among the reported seeds", snake(), 1,
          ("config error: tuning.seed 0 is also a reported seed; tune on a seed of its own",),
          setup=tiny(tuning={"budget": 2, "rounds": 1, "seed": 0})),
