@@ -128,7 +128,7 @@ if _conda:
 else:
     FEDMIC_ENV = "../envs/fedmic.yaml"
 
-from fedmic import dataroot, grid, schema, tuning, watch
+from fedmic import dataroot, grid, resources, schema, tuning, watch
 from fedmic.data import registry
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
@@ -330,26 +330,12 @@ def timings_of(name):
 
 
 def train_runtime_min(wc):
-    """Minutes for SLURM: grows with images trained (rounds x join ratio x epochs) and clients."""
-    cfg = run_of(wc).to_dict()
-    sizes = {
-        "bloodmnist": 11959,
-        "tissuemnist": 165466,
-        "organamnist": 34561,
-        "organsmnist": 13932,
-        "organcmnist": 12975,
-        "pneumoniamnist": 4708,
-        "retinamnist": 1080,
-        "breastmnist": 546,
-    }
-    images = sizes.get(wc.dataset, 50000) * cfg["rounds"] * cfg["join_ratio"] * cfg["local_epochs"]
-    return int(10 + images / 2000 / 60 * 4)  # ~2000 images/s per model on a GPU, 4x margin
+    cfg = run_of(wc)
+    return resources.train_runtime_min(wc.dataset, cfg.rounds, cfg.join_ratio, cfg.local_epochs)
 
 
 def train_mem_mb(wc):
-    """Dataset tensors (float32) + per-client persistent state."""
-    sizes = {"tissuemnist": 236386, "organamnist": 58830}
-    return int(2000 + sizes.get(wc.dataset, 30000) * 28 * 28 * 3 * 4 / 2**20 + 20 * int(wc.clients))
+    return resources.train_mem_mb(wc.dataset, run_of(wc).image_size, int(wc.clients))
 
 
 def tidy_file(name):
