@@ -19,19 +19,6 @@ from . import __version__
 from .config import ConfigError, RunConfig, load_run_config
 
 
-def _labels_loader(root):
-    from .data.medmnist import load_dataset
-
-    cache = {}
-
-    def load(dataset):
-        if dataset not in cache:
-            d = load_dataset(dataset, root)
-            cache[dataset] = {s: d.split(s)[1].numpy() for s in ("train", "val", "test")}
-        return cache[dataset]
-    return load
-
-
 def cmd_download(a):
     from .data.medmnist import ensure_dataset
     for ds in a.dataset:

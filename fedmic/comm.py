@@ -31,9 +31,6 @@ class Payload:
         return None
 
 
-EMPTY = Payload()
-
-
 def all_finite(t: torch.Tensor) -> bool:
     """torch.isfinite(t).all(), in one reduction when it holds: a NaN or inf anywhere makes the
     sum NaN or inf, so a finite sum proves every element finite (an overflowing sum of finite

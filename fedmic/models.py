@@ -95,7 +95,3 @@ def build_model(name: str, in_channels: int, n_classes: int, width: float = 1.0,
     else:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return SplitModel(enc, nn.Linear(enc.out_dim, n_classes))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
