@@ -113,7 +113,7 @@ def test_a_bad_replace_is_one_line_naming_the_file_and_the_valid_sections(bad):
     config = {"results": "r", "replace": bad}
     problem = schema.replace_sections(config, [("mine.yaml", {"replace": bad})], {})
     assert problem == (f"mine.yaml: replace: {bad!r} is not valid; write a list of sections among: "
-                       "partition, train, methods, tables, figures")
+                       "partition, train, methods, tuning, tables, figures")
 
 
 def test_a_bad_replace_stops_the_workflow_in_one_line(project):

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+import golden
 from conftest import DATA, mark_outputs_done
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-PAPER_ARMS = 13  # config/config.yaml: the 12 methods and FedAvg on FedBN's model
+# config/config.yaml: 4 datasets x 3 lambdas; the 12 methods and FedAvg on FedBN's model, each
+# tuned with 8 trials on the tuning seed; T2 = the 13 tuned arms and 3 at their defaults, 5 seeds
+SETTINGS, METHOD_ARMS, TRIALS, T2_ARMS, SEEDS = 4 * 3, 13, 8, 16, 5
 
 
 def snakemake(workdir, *args, config="config/tiny.yaml", check=True, gpus="", root=DATA):
@@ -83,6 +86,16 @@ def test_tiny_workflow_writes_the_results_file_and_provenance(tiny_run):
     prov = yaml.safe_load((res / "provenance.yaml").read_text())
     assert prov["workflow"]["source"].startswith(f"{REPO} @ ")
     assert prov["config"]["results"] == "results-tiny" and prov["runs"]["count"] == 2
+
+
+def test_tiny_outputs_match_the_golden_set(tiny_run):
+    """Item 4 of the refactor rule: the run JSONs, results files, partitions and table files
+    byte-identical, the figures pixel-identical, to tests/golden/tiny.json. A change that is
+    meant to change results rewrites it (`python tests/golden.py results-tiny`, tests/golden.py)
+    and says why in its commit; a refactor never does."""
+    expected = json.loads((REPO / "tests" / "golden" / "tiny.json").read_text())
+    diff = golden.differences(expected, golden.manifest(tiny_run / "results-tiny"))
+    assert not diff, "outputs differ from tests/golden/tiny.json:\n" + "\n".join(diff)
 
 
 def read_csv(path):
@@ -166,15 +179,17 @@ def test_paper_grid_dry_run(tmp_path):
     elapsed = time.perf_counter() - t0
     counts = job_counts(res.stdout)
     print(f"paper grid: {sum(counts.values())} jobs, dry run {elapsed:.1f} s")
-    # 4 datasets x 3 lambdas x every arm x 3 seeds runs for T2 alone
-    assert counts["train"] >= 4 * 3 * PAPER_ARMS * 3
+    # T2's runs and every tuning trial, before the tables of their own grids
+    assert counts["train"] >= SETTINGS * (T2_ARMS * SEEDS + METHOD_ARMS * TRIALS)
+    assert counts["select_hp"] == SETTINGS * METHOD_ARMS
     assert counts["download"] >= 1
 
 
 def test_single_table_target_needs_only_its_runs(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", "--cores", "8", "table_t4",
                                   config="config/config.yaml").stdout)
-    assert counts["train"] == 4 * 3 * PAPER_ARMS * 3  # exactly T2's runs
+    # exactly T2's runs and the trials that select its tuned arms' settings
+    assert counts["train"] == SETTINGS * (T2_ARMS * SEEDS + METHOD_ARMS * TRIALS)
     assert counts["table_t4"] == 1 and "table_t2" not in counts
 
 
