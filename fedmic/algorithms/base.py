@@ -122,13 +122,16 @@ class Algorithm:
 
     method: Method  # the file's METHOD, as written (a variant's lists only what it adds)
 
+    def __new__(cls, ctx: Context, hp: HyperParameters):
+        # checked before any __init__ (FedMIC's reads hp before calling this class's): `hp` is
+        # resolved once per run (fedmic.methods.resolve_hp), typed and frozen
+        if not isinstance(hp, get_method(cls.method.name).hp_type):
+            raise TypeError(f"{cls.__name__} takes resolve_hp({cls.method.name!r}, ...), got {type(hp).__name__}")
+        return super().__new__(cls)
+
     def __init__(self, ctx: Context, hp: HyperParameters):
         # the registry's declaration, with what a variant inherits from its neighbour
         self.method = get_method(type(self).method.name)
-        # `hp` is resolved once per run (fedmic.methods.resolve_hp), typed and frozen
-        if not isinstance(hp, self.method.hp_type):
-            raise TypeError(f"{type(self).__name__} takes resolve_hp({self.method.name!r}, ...), "
-                            f"got {type(hp).__name__}")
         self.ctx = ctx
         self.hp = hp
         self.worker = ctx.make_model()

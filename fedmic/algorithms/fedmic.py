@@ -63,7 +63,7 @@ class FedMIC(MutualDistillation):
                          uplink=mode, downlink=mode, factorise=hp.gpd, rank=hp.fixed_rank,
                          decision_maps=hp.aux_matrices and hp.aux_on in ("decision", "both"),
                          teacher_from_student=hp.teacher_start == "broadcast")
-        # resolve_hp has refused identity maps between representations of different widths
+        # the declaration's rules have refused identity maps between representations of different widths
 
     def representation_maps(self):
         if not self.hp.aux_matrices or self.hp.aux_on == "decision":
