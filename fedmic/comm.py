@@ -8,6 +8,7 @@ algorithm cannot under-report what it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -290,3 +291,29 @@ def state_delta(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) -> d
 def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of `state_delta`: base + delta (integer buffers take the delta's value)."""
     return {**base, **{k: (base[k] + v if v.is_floating_point() else v) for k, v in delta.items()}}
+
+
+class Upload(NamedTuple):
+    """One client's upload as the server receives it: who sent it (a real server knows its
+    peers), what it sent, and its aggregation weight (sample count, or 1 for uniform)."""
+
+    cid: int
+    payload: Payload
+    weight: float
+
+
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Average floating tensors with the given weights; integer buffers (BN batch counters)
+    are taken from the first state since averaging a counter means nothing."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = (w / w.sum()).tolist()
+    out = {}
+    for k, v0 in states[0].items():
+        if v0.is_floating_point():
+            acc = torch.zeros_like(v0, dtype=torch.float32)
+            for s, wi in zip(states, w):
+                acc.add_(s[k].float(), alpha=wi)
+            out[k] = acc.to(v0.dtype)
+        else:
+            out[k] = v0.clone()
+    return out

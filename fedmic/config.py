@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .methods import METHODS, number_hint, resolve_hp
+from .methods import METHODS, HyperParameters, number_hint, resolve_hp
 
 PARTITION_SCHEMES = ("dirichlet_label", "dirichlet_client")
 # fedmic.models.build_model's architectures, named here so that checking a config needs no
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     dataset: str
-    method: str = "fedavg"             # algorithm name (fedmic.methods.METHODS)
+    method: str = "fedavg"             # method name (fedmic.methods.METHODS)
     arm: str | None = None             # name of this variant in tables (default: method)
     hp: dict = field(default_factory=dict)  # the method's hyperparameters (its defaults fill the rest)
     # partition (docs/method.md, Partitions)
@@ -126,8 +126,8 @@ class RunConfig:
             full = resolve_hp(self.method, self.hp, self.to_dict())
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        # the given values as the spec normalises them (tau: 4 -> 4.0: the same run either way)
-        self.hp = {k: full[k] for k in self.hp}
+        # the given values as the declaration normalises them (tau: 4 -> 4.0: the same run either way)
+        self.hp = {k: getattr(full, k) for k in self.hp}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -157,12 +157,13 @@ class RunConfig:
             args += [flag if v else f"--no-{flag[2:]}"] if isinstance(v, bool) else [flag, str(v)]
         return args
 
-    def resolved_hp(self) -> dict:
+    def resolved_hp(self) -> HyperParameters:
+        """The method's full hyperparameters, typed and frozen: what its algorithm is built with."""
         return resolve_hp(self.method, self.hp, self.to_dict())
 
     def science(self) -> dict:
         """Everything that determines the numbers: the method's full hyperparameters included."""
-        return {**self.without_execution(), "hp": self.resolved_hp()}
+        return {**self.without_execution(), "hp": self.resolved_hp().to_dict()}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]

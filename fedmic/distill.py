@@ -45,19 +45,19 @@ def adaptive_weight(ce_t: torch.Tensor, ce_s: torch.Tensor, max_weight: float) -
 
 
 def dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, alpha: float, beta: float, tau: float,
-                   sw: DistillSwitches, max_weight: float = 10.0, d_ts=None, d_st=None) -> dict[str, torch.Tensor]:
+                   sw: DistillSwitches, max_weight: float = 10.0, b_ts=None, b_st=None) -> dict[str, torch.Tensor]:
     """All terms of the teacher and student losses. `a_ts` maps student representations into
     the teacher's space, `a_st` the reverse (callables; identity when auxiliary matrices are off).
     `a_st=None`: one shared projection (FedKD): both directions compare in the teacher's space,
-    the student's term being MSE(a_ts(r_s), r_t) with r_t detached. `d_ts`, `d_st`: the same for
-    the decision level (maps of the logits, student's into the teacher's and the reverse; None:
+    the student's term being MSE(a_ts(r_s), r_t) with r_t detached. `b_ts`, `b_st`: the same for
+    the decision level (B_TS, B_ST: maps of the logits, student's into the teacher's and the reverse; None:
     the logits are compared as they are, docs/method.md 1.1). `weight` is returned too (the
     adaptive weight, or 1), so callers and tests can see it."""
     ce_t = F.cross_entropy(z_t, y)
     ce_s = F.cross_entropy(z_s, y)
     zero = z_t.new_zeros(())
-    dec_t = decision_kd(z_t, z_s, tau, d_ts) if sw.dec else zero
-    dec_s = decision_kd(z_s, z_t, tau, d_st) if sw.dec else zero
+    dec_t = decision_kd(z_t, z_s, tau, b_ts) if sw.dec else zero
+    dec_s = decision_kd(z_s, z_t, tau, b_st) if sw.dec else zero
     rep_t = representation_kd(r_t, r_s, a_ts) if sw.rep else zero
     if a_st is None:
         rep_s = representation_kd(a_ts(r_s), r_t, _identity) if sw.rep else zero

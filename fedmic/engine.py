@@ -122,14 +122,14 @@ def make_context(cfg: RunConfig, data, device: torch.device) -> Context:
                    local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                    momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                    transport_dtype=torch.float16 if cfg.transport == "float16" else torch.float32,
-                   hp=dict(cfg.hp), memory_format=resolve_memory_format(cfg.memory_format, device))
+                   memory_format=resolve_memory_format(cfg.memory_format, device))
 
 
 def make_algorithm(cfg: RunConfig, ctx: Context):
     """Every party (server and each client) constructs the algorithm under the same seed, so the
     constants set in its __init__ (initial weights) agree everywhere."""
     torch.manual_seed(derive_seed(cfg.seed, "init", "server"))
-    return get_algorithm(cfg.method)(ctx)
+    return get_algorithm(cfg.method)(ctx, cfg.resolved_hp())
 
 
 def init_client_state(algo, cfg: RunConfig, cid: int, data: ClientData) -> dict:

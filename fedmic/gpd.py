@@ -1,5 +1,6 @@
 """How a shared model travels when it is factorised (global parameter decomposition,
-docs/method.md "GPD"): FedMIC's student and FedKD's mentee both go through this one channel.
+docs/method.md "GPD"): the student of FedMIC and of FedKD (the paper's mentee) goes through
+this one channel.
 
 Each direction carries either the model's *update* or its *parameters*:
 - uplink "update": the client sends trained - start, factorised by SVD with the energy rule.
@@ -23,9 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .algorithms.base import Upload, weighted_average
-from .comm import (META_INT_BYTES, Payload, SpectralReference, apply_delta, dense_payload, state_delta, svd_decode,
-                   svd_encode)
+from .comm import (META_INT_BYTES, Payload, SpectralReference, Upload, apply_delta, dense_payload, state_delta,
+                   svd_decode, svd_encode, weighted_average)
 
 MODES = ("update", "params")
 

@@ -491,9 +491,11 @@ def target_problem(config: dict, targets: list[str]) -> str | None:
 # and the engine's, found by reading their imports (ast: no torch, nothing executed).
 PACKAGE = Path(__file__).resolve().parent
 # Read by every run but never a reason to retrain one: the package's __init__ holds only the
-# version string (a test keeps it so), and methods.py is declarative; what it means for a run
-# (its full hyperparameters) is in the run's fingerprint, a rule parameter, so a changed
-# default retrains exactly the runs it changes and an edited description retrains none.
+# version string (a test keeps it so), and methods.py is the declarations' machinery; what a
+# declaration means for a run (its full hyperparameters) is in the run's fingerprint, a rule
+# parameter, so a changed default retrains exactly the runs it changes. A method's own file
+# (declaration and class together) is run code: any edit of it, a description's included,
+# retrains that method's runs (docs/extending.md, "A method").
 NOT_RUN_CODE = ("__init__.py", "methods.py")
 
 
@@ -550,7 +552,7 @@ def code_files(method: str) -> list[str]:
     everything it imports (its base classes' modules among them: FedProx's runs depend on
     fedavg.py, FedRep's on fedper.py) and the engine's import closure. Other methods' modules
     are imported by name at run time (fedmic.algorithms.get_algorithm), so they are not in it."""
-    return list(_run_code(METHODS[method].impl.split(":")[0]))
+    return list(_run_code(METHODS[method].module))
 
 
 @functools.lru_cache(maxsize=None)  # once per method, not per job: the paper grid has ~1000

@@ -1,8 +1,12 @@
-"""Every method's declaration: its hyperparameters (name, type, default, range, meaning) and the
-facts the grid and the reports need (class, pretty name, personalised or not), readable
-without torch or the method's own code.
+"""What a method declaration is, the registry that finds them, and everything derived from them.
 
-Everything else about hyperparameters is derived from this one table:
+Each method is one file, fedmic/algorithms/<name>.py: its declaration (`METHOD = Method(...)`:
+hyperparameters with their type, default, range, meaning and tuning space, pretty name,
+flags, cross-field rules) beside the `Algorithm` subclass that implements it. The registry
+(`METHODS`) lists the files of that package and reads each declaration without running the
+rest of its file, so checking configs needs neither torch nor a method's code.
+
+Everything else about hyperparameters is derived from the declarations:
 - the defaults an algorithm runs with and the checks on every value (`resolve_hp`), which
   `RunConfig.validate` applies to every run, so the workflow refuses a bad value while it
   builds the DAG, before any job runs or any output is deleted;
@@ -12,10 +16,14 @@ Everything else about hyperparameters is derived from this one table:
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import math
+import pkgutil
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,17 +139,41 @@ class Rule:
 
 @dataclass(frozen=True)
 class Method:
+    """A method's declaration, written as `METHOD = Method(...)` in its file under
+    fedmic/algorithms/ beside the class that implements it (the `Algorithm` subclass named by
+    `cls`). The registry reads it without running the rest of that file (`read_declaration`)."""
+
     name: str                     # the `method:` value in configs
     pretty: str                   # in tables and figures
-    impl: str                     # "module:Class" in fedmic/algorithms/
-    personalised: bool = False    # each client is scored with its own model
-    factorised: bool = False      # uploads are SVD factors (their ranks are plotted in svd_ranks)
+    cls: str                      # the class in the same file that implements it
+    personalised: bool | None = None  # each client is scored with its own model (None: as `extends`)
+    factorised: bool | None = None    # uploads are SVD factors, plotted in svd_ranks (None: as `extends`)
     hps: tuple[HP, ...] = ()
     rules: tuple[Rule, ...] = ()
+    extends: str | None = None    # the neighbour whose class this one subclasses: its hps and rules come first
+    module: str = ""              # the file's name under fedmic/algorithms/ (set by the registry)
 
     @property
     def hp(self) -> dict[str, HP]:
         return {h.name: h for h in self.hps}
+
+    @functools.cached_property
+    def hp_type(self) -> type["HyperParameters"]:
+        """The frozen dataclass `resolve_hp` returns for this method: one typed field per
+        hyperparameter, in declaration order (a nullable one also takes None)."""
+        return make_dataclass(
+            f"{self.cls}HyperParameters",
+            [(h.name, h.kind | None if h.nullable else h.kind) for h in self.hps],
+            bases=(HyperParameters,), frozen=True)
+
+
+class HyperParameters:
+    """Base of every method's typed, frozen hyperparameters (`Method.hp_type`): an algorithm
+    reads `self.hp.tau`; an assignment raises dataclasses.FrozenInstanceError."""
+
+    def to_dict(self) -> dict:
+        """{name: value} in declaration order: what run JSONs and fingerprints store."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def number(name, default, meaning, space=None, **bounds) -> HP:
@@ -160,13 +192,16 @@ def choice(name, default, choices, meaning) -> HP:
     return HP(name, str, default, meaning, choices=tuple(choices))
 
 
-def energy_schedule(start_meaning: str) -> tuple[HP, HP, Rule]:
-    """FedKD's energy threshold, linear over the rounds (FedMIC uses it too)."""
+def energy_schedule(start_meaning: str) -> tuple[HP, HP]:
+    """FedKD's energy threshold, linear over the rounds (FedMIC uses it too); add
+    ENERGY_RULE to the method's rules."""
     return (number("energy_start", 0.95, start_meaning, gt=0, le=1),
-            number("energy_end", 0.98, "energy threshold of the last round", gt=0, le=1),
-            Rule("energy_start <= energy_end", lambda hp, run: hp["energy_start"] <= hp["energy_end"],
-                 "energy_start ({hp[energy_start]}) > energy_end ({hp[energy_end]}); the threshold grows "
-                 "over the rounds, so set energy_start <= energy_end"))
+            number("energy_end", 0.98, "energy threshold of the last round", gt=0, le=1))
+
+
+ENERGY_RULE = Rule("energy_start <= energy_end", lambda hp, run: hp["energy_start"] <= hp["energy_end"],
+                   "energy_start ({hp[energy_start]}) > energy_end ({hp[energy_end]}); the threshold grows "
+                   "over the rounds, so set energy_start <= energy_end")
 
 
 def adaptive_weight() -> tuple[HP, HP]:
@@ -174,109 +209,81 @@ def adaptive_weight() -> tuple[HP, HP]:
             number("max_adaptive_weight", 10.0, "cap of the adaptive weight 1 / (CE_T + CE_S)", gt=0))
 
 
-_E_START, _E_END, _E_RULE = energy_schedule("SVD energy threshold of round 1 (FedKD's T_start)")
+# --------------------------------------------------------------------------- the registry
+ALGORITHMS_DIR = Path(__file__).resolve().parent / "algorithms"
+DECLARATION = "METHOD"
 
-_METHODS = (
-    Method("local", "Local", "local:Local", personalised=True),
-    Method("fedavg", "FedAvg", "fedavg:FedAvg"),
-    Method("fedprox", "FedProx", "fedprox:FedProx", hps=(
-        number("mu", 0.01, "proximal weight: loss + mu/2 ||w - w_global||^2 (the paper tunes it over "
-                           "0.001-1; 0 is FedAvg)", space=log_range(0.001, 1.0), ge=0),
-    )),
-    Method("fedbn", "FedBN", "fedbn:FedBN", personalised=True, rules=(
-        Rule("needs a model with batch norm", lambda hp, run: run.get("model") in ("cnn_bn", "resnet18"),
-             "batch-norm layers stay local, but model {run[model]!r} has none; "
-             "use model cnn_bn or resnet18 (the arm's train: {{model: cnn_bn}})", uses_run=True),
-    )),
-    Method("fedper", "FedPer", "fedper:FedPer", personalised=True),
-    Method("fedrep", "FedRep", "fedrep:FedRep", personalised=True, hps=(
-        integer("head_epochs", 10, "epochs on the head (encoder frozen) before the encoder's "
-                                   "local_epochs (the paper: 10 per representation epoch)",
-                space=Space(1, 10), ge=1),
-    )),
-    Method("ditto", "Ditto", "ditto:Ditto", personalised=True, hps=(
-        number("lam", 0.1, "pull of the personal model towards the global one: lam/2 ||v - w||^2",
-               space=log_range(0.01, 2.0), ge=0),
-        integer("personal_epochs", None, "local epochs of the personal model; null: the run's local_epochs",
-                ge=1, nullable=True),
-    )),
-    Method("moon", "MOON", "moon:MOON", hps=(
-        number("mu", 1.0, "weight of the model-contrastive loss (the paper: 5 on CIFAR-10, 1 on CIFAR-100)",
-               space=log_range(0.1, 10.0), ge=0),
-        number("tau", 0.5, "temperature of the contrastive loss", space=one_of(0.1, 0.5, 1.0), gt=0),
-        integer("proj_dim", 256, "output size of the projection head the contrastive loss compares", ge=1),
-    )),
-    Method("fml", "FML", "fml:FML", personalised=True, hps=(
-        number("alpha", 0.5, "weight of CE in the local model's loss (1 - alpha weights the KL; 1: no distillation)",
-               space=uniform(0.1, 0.9), ge=0, le=1),
-        number("beta", 0.5, "weight of CE in the meme model's loss (1 - beta weights the KL)",
-               space=uniform(0.1, 0.9), ge=0, le=1),
-        number("tau", 1.0, "temperature of the mutual KL (1: plain softmax, as in deep mutual learning)",
-               space=one_of(1.0, 2.0, 4.0), gt=0),
-    )),
-    Method("fedkd", "FedKD", "fedkd:FedKD", personalised=True, factorised=True, hps=(
-        number("alpha", 1.0, "weight of the output (KL) distillation", space=log_range(0.1, 10.0), ge=0),
-        number("beta", 1.0, "weight of the hidden-state (MSE) distillation", space=log_range(0.1, 10.0), ge=0),
-        number("tau", 1.0, "distillation temperature (the paper distils plain softmax outputs)",
-               space=one_of(1.0, 2.0, 4.0), gt=0),
-        *adaptive_weight(),
-        _E_START, _E_END,
-        number("mentor_width", 1.0, "width multiplier of the private mentor", gt=0),
-        number("mentee_width", 0.5, "width multiplier of the shared mentee", gt=0),
-        choice("downlink", "delta", ("delta", "params"),
-               "what the server broadcasts: the factorised global update (the paper's) or the factorised global mentee"),
-    ), rules=(_E_RULE,)),
-    Method("fedproto", "FedProto", "fedproto:FedProto", personalised=True, hps=(
-        number("lam", 1.0, "weight of the prototype loss lam * MSE(r, global prototype of y); 0 is Local",
-               space=log_range(0.01, 10.0), ge=0),
-        choice("inference", "own_prototypes", ("own_prototypes", "all_prototypes", "head"),
-               "a client's prediction: the nearest global prototype among the classes the client holds "
-               "(the authors' code), among every class with a prototype (the paper's text), or its model's head"),
-        choice("proto_weighting", "counts", ("counts", "uniform"),
-               "server average per class: weighted by image counts (the paper's) or uniform (the authors' code)"),
-    )),
-    Method("fedmic", "FedMIC", "fedmic:FedMIC", personalised=True, factorised=True, hps=(
-        number("alpha", 1.0, "weight of decision-level distillation", space=log_range(0.1, 10.0), ge=0),
-        number("beta", 1.0, "weight of representation-level distillation", space=log_range(0.1, 10.0), ge=0),
-        number("tau", 2.0, "distillation temperature", space=one_of(1.0, 2.0, 4.0), gt=0),
-        flag("rep_distill", True, "representation-level distillation (ablation switch)"),
-        flag("dec_distill", True, "decision-level distillation (ablation switch)"),
-        flag("aux_matrices", True, "learnable maps between the two representation spaces; "
-                                   "false: identity maps (needs equal widths)"),
-        choice("aux_on", "representation", ("representation", "decision", "both"),
-               "where the two auxiliary matrices act: between the representations (MSE terms), between "
-               "the logits (KL terms: the Figure 2 caption's reading), or a pair at each level"),
-        choice("teacher_start", "own", ("own", "broadcast"),
-               "a teacher's first weights: its own random initialisation, or the global student the "
-               "client receives in its first round (needs equal widths)"),
-        *adaptive_weight(),
-        flag("gpd", True, "global parameter decomposition (SVD both ways); false: dense weights both ways"),
-        _E_START, _E_END,
-        integer("fixed_rank", None, "keep this rank in every factorised tensor instead of the energy rule "
-                                    "(ablation); null: the energy rule", ge=1, nullable=True),
-        choice("decompose", "delta", ("delta", "params"),
-               "what is factorised, both ways: the student's update (delta) or its weights (params: lossy)"),
-        number("teacher_width", 1.0, "width multiplier of the private teacher", gt=0),
-        number("student_width", 1.0, "width multiplier of the shared student", gt=0),
-    ), rules=(
-        _E_RULE,
-        Rule("aux_on needs aux_matrices", lambda hp, run: hp["aux_matrices"] or hp["aux_on"] == "representation",
-             "aux_on {hp[aux_on]!r} places auxiliary matrices but aux_matrices is false; "
-             "set aux_matrices: true, or leave aux_on at 'representation'"),
-        Rule("identity representation maps need equal widths",
-             lambda hp, run: hp["teacher_width"] == hp["student_width"] or (
-                 hp["aux_matrices"] and hp["aux_on"] != "decision"),
-             "teacher_width {hp[teacher_width]} and student_width {hp[student_width]} differ, so the "
-             "representations need auxiliary matrices between them; set equal widths, or aux_matrices: true "
-             "with aux_on 'representation' or 'both'"),
-        Rule("teacher_start broadcast needs equal widths",
-             lambda hp, run: hp["teacher_start"] == "own" or hp["teacher_width"] == hp["student_width"],
-             "teacher_start 'broadcast' copies the student into the teacher, but teacher_width "
-             "{hp[teacher_width]} != student_width {hp[student_width]}; set equal widths or teacher_start: own"),
-    )),
-)
 
-METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
+def _declaration_namespace() -> dict:
+    # what a declaration may use: this module's public names (HP helpers, Space, Rule, ...)
+    return {k: v for k, v in globals().items() if not k.startswith("_")}
+
+
+def read_declaration(path: Path) -> Method | None:
+    """The `METHOD = Method(...)` assignment at the top level of `path`, evaluated alone with
+    this module's names, so that checking configs never imports torch or a method's code
+    (the workflow checks every run while it builds the DAG). None: the file declares no
+    method (a shared base such as base.py or mutual.py)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = [n for n in tree.body if isinstance(n, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == DECLARATION for t in n.targets)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(f"{path}: {DECLARATION} is assigned {len(found)} times; a method file declares one method")
+    try:
+        method = eval(compile(ast.Expression(found[0].value), str(path), "eval"), _declaration_namespace())
+    except NameError as e:
+        raise ValueError(f"{path}: {DECLARATION} uses a name the registry cannot see ({e}); a declaration may "
+                         f"use only fedmic.methods' names (number, integer, flag, choice, Rule, Space, ...): "
+                         f"write the value inline, or add the helper to fedmic/methods.py") from None
+    if not isinstance(method, Method):
+        raise ValueError(f"{path}: {DECLARATION} must be a fedmic.methods.Method, got {type(method).__name__}")
+    for h in method.hps:
+        # the typed hyperparameters hold exactly the declared kind (1 is not a float default)
+        if not h.accepts(h.default) or (h.default is not None and type(h.default) is not h.kind):
+            raise ValueError(f"{path}: hyperparameter {h.name!r}: default {h.default!r} is not {h.rule()}; "
+                             f"fix the default")
+    return dataclasses.replace(method, module=path.stem)
+
+
+def _with_neighbour(method: Method, declared: dict[str, Method]) -> Method:
+    """`method` with its `extends` neighbour's hyperparameters and rules first and its flags as defaults."""
+    if method.extends is None:
+        return dataclasses.replace(method, personalised=bool(method.personalised), factorised=bool(method.factorised))
+    if method.extends not in declared:
+        raise ValueError(f"fedmic/algorithms/{method.module}.py: {method.name} extends unknown method "
+                         f"{method.extends!r}; declared: {', '.join(sorted(declared))}")
+    base = _with_neighbour(declared[method.extends], declared)
+    clash = sorted(set(base.hp) & {h.name for h in method.hps})
+    if clash:
+        raise ValueError(f"fedmic/algorithms/{method.module}.py: {method.name} redeclares {clash}, which it "
+                         f"inherits from {base.name}; declare only what it adds")
+    return dataclasses.replace(
+        method, hps=base.hps + method.hps, rules=base.rules + method.rules,
+        personalised=base.personalised if method.personalised is None else method.personalised,
+        factorised=base.factorised if method.factorised is None else method.factorised)
+
+
+def discover(directory: Path = ALGORITHMS_DIR) -> dict[str, Method]:
+    """Every method declared in a file of `directory` (the package fedmic.algorithms), by name,
+    in the order of the file names."""
+    declared: dict[str, Method] = {}
+    for info in sorted(pkgutil.iter_modules([str(directory)]), key=lambda i: i.name):
+        if info.ispkg:
+            continue
+        path = directory / f"{info.name}.py"
+        method = read_declaration(path)
+        if method is None:
+            continue
+        if method.name in declared:
+            raise ValueError(f"{path}: method {method.name!r} is declared in "
+                             f"fedmic/algorithms/{declared[method.name].module}.py too; rename one")
+        declared[method.name] = method
+    return {name: _with_neighbour(m, declared) for name, m in declared.items()}
+
+
+METHODS: dict[str, Method] = discover()
 
 
 def get_method(name: str) -> Method:
@@ -303,11 +310,12 @@ def number_hint(value) -> str:
     return " (YAML reads 1e-3 as a string: write 1.0e-3)" if isinstance(value, str) else ""
 
 
-def resolve_hp(method: str, given: dict, run: dict | None = None) -> dict:
-    """The method's full hyperparameters: `given` checked one by one against the spec, the
-    defaults filling the rest, then the cross-field rules (with the run's settings, `run`,
-    where a rule needs them). Numbers come back as their declared type, so `tau: 4` and
-    `tau: 4.0` are the same run. Raises ValueError naming the key and the rule."""
+def resolve_hp(method: str, given: dict, run: dict | None = None) -> HyperParameters:
+    """The method's full hyperparameters as its typed, frozen `hp_type`: `given` checked one by
+    one against the declaration, the defaults filling the rest, then the cross-field rules
+    (with the run's settings, `run`, where a rule needs them). Numbers come back as their
+    declared type, so `tau: 4` and `tau: 4.0` are the same run. Raises ValueError naming the
+    key and the rule."""
     m = get_method(method)
     specs = m.hp
     if not isinstance(given, dict):
@@ -326,7 +334,7 @@ def resolve_hp(method: str, given: dict, run: dict | None = None) -> dict:
     for rule in m.rules:
         if (run is not None or not rule.uses_run) and not rule.ok(full, run or {}):
             raise ValueError(f"{method}: {rule.message.format(hp=full, run=run or {})}")
-    return full
+    return m.hp_type(**full)
 
 
 # --------------------------------------------------------------------------- generated files
@@ -334,7 +342,7 @@ from .schema import SCHEMA_FILE  # noqa: E402  (the generated files sit in the c
 
 REPO = SCHEMA_FILE.parents[2]
 DOCS_FILE = REPO / "docs" / "hyperparameters.md"
-BEGIN = "BEGIN generated by `python -m fedmic.methods` from fedmic/methods.py; do not edit by hand"
+BEGIN = "BEGIN generated by `python -m fedmic.methods` from the METHOD declarations in fedmic/algorithms/; do not edit by hand"
 END = "END generated"
 
 

@@ -4,7 +4,7 @@ Every tuned arm gets the same budget: `budget` trials, each a run of `rounds` ro
 tuning seed (a seed not among the reported ones), at each (dataset, lambda) it is reported at.
 Trial 0 is the arm's own settings (so tuning never selects something that scored worse on
 validation than the defaults); trials 1.. draw the learning rate and every hyperparameter with a
-declared space (fedmic/methods.py) independently, from a generator seeded by (tuning seed, arm,
+declared space (its method's declaration, fedmic/algorithms/<name>.py) independently, from a generator seeded by (tuning seed, arm,
 trial). Why a seeded random sample rather than a grid: with the same number of trials it covers
 each important hyperparameter with as many distinct values as the budget, whatever the number
 of unimportant ones (a grid spends its budget on their combinations), and it gives a method with

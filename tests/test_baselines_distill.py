@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from pathlib import Path
 
 from fedmic.algorithms import ClientData, Context, get_algorithm
-from fedmic.algorithms.base import Upload, clone_state
+from fedmic.algorithms.base import clone_state
+from fedmic.comm import Upload
 from fedmic.algorithms.moon import model_contrastive_loss
 from fedmic.comm import Payload, apply_delta, state_delta, svd_decode
 from fedmic.distill import DistillSwitches, dual_kd_losses
+from fedmic.methods import hp_defaults, resolve_hp
 from conftest import DATA
 
 FLAG = "breastmnist"
@@ -57,9 +59,9 @@ def partition(data, tmp_path_factory) -> Path:
 def make(method: str, rounds: int = 2, **hp):
     """An algorithm on the run's model (cnn, 1 channel, 2 classes), the same weights for every call."""
     ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"),
-                  rounds=rounds, local_epochs=1, batch_size=32, lr=0.05, hp=hp)
+                  rounds=rounds, local_epochs=1, batch_size=32, lr=0.05)
     torch.manual_seed(0)
-    return get_algorithm(method)(ctx)
+    return get_algorithm(method)(ctx, resolve_hp(method, hp))
 
 
 def gen(seed: int = 1) -> torch.Generator:
@@ -198,25 +200,25 @@ def test_fml_shared_model_is_fedavg_without_kl_and_uploads_dense(small):
     _, up, _ = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     assert same(up.tensors, ref)  # the same batches, the same steps: FedAvg's update exactly
     assert up.meta == {} and up.nbytes == dense_bytes(algo.worker)
-    # With the paper's weights the meme learns from the local model too.
+    # With the paper's weights the student (meme model) learns from the teacher (local model) too.
     mutual = make("fml")
     _, up, _ = mutual.local_update(0, state, mutual.broadcast(mutual.init_server(), 1), small, 1, gen())
     assert max(float((up.tensors[k] - ref[k]).abs().max()) for k in ref) > 1e-4
 
 
 def test_fml_each_kl_term_reaches_only_its_learner(small):
-    # alpha = 1: the local model's loss is CE only, so the meme's KL (meme learns from local)
-    # must leave the local model exactly as training it alone would.
+    # alpha = 1: the teacher's (local model's) loss is CE only, so the student's KL (the meme
+    # model learns from the local one) must leave the teacher exactly as training it alone would.
     algo = make("fml", alpha=1.0, beta=0.5)
     server = algo.init_server()
     state = algo.init_client(0)
     new, _, info = algo.local_update(0, state, algo.broadcast(server, 1), small, 1, gen())
     alone = make("fedavg")
-    alone.worker.load_state_dict(state["local"])
+    alone.worker.load_state_dict(state["teacher"])
     alone.train_supervised(alone.worker, small, gen())
-    assert same(new["local"], clone_state(alone.worker))
-    assert math.isfinite(info["loss"]) and math.isfinite(info["loss_local"])
-    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["local"])
+    assert same(new["teacher"], clone_state(alone.worker))
+    assert math.isfinite(info["loss"]) and math.isfinite(info["loss_teacher"])
+    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["teacher"])
 
 
 # --- FedKD -----------------------------------------------------------------------------------
@@ -229,17 +231,17 @@ def test_fedkd_single_projection_serves_both_directions():
     terms = dual_kd_losses(r_t, z_t, r_s, z_s, torch.tensor([0, 1, 0, 1]), proj, None, 1.0, 1.0, 1.0, sw)
     assert terms["rep_s"].item() == pytest.approx(F.mse_loss(proj(r_s), r_t).item())
     assert terms["rep_t"].item() == pytest.approx(terms["rep_s"].item())
-    terms["rep_s"].backward()  # the mentee's term trains the mentee and W, never the mentor
+    terms["rep_s"].backward()  # the student's term trains the student and A_TS, never the teacher
     assert r_t.grad is None and r_s.grad is not None and proj.weight.grad is not None
 
 
-def test_fedkd_mentor_is_larger_than_the_mentee():
-    algo = make("fedkd")
+def test_fedkd_teacher_is_larger_than_the_student():
+    algo = make("fedkd")  # the paper's mentor (teacher) and mentee (student)
     n = lambda m: sum(p.numel() for p in m.parameters())
-    assert n(algo.mentor) > 3 * n(algo.mentee)
-    assert algo.proj_sp.weight.shape == (algo.mentor.rep_dim, algo.mentee.rep_dim) and algo.proj_ps is None
-    # the mentor is the CNN every other arm evaluates
-    assert n(algo.mentor) == n(make("fedavg").worker)
+    assert n(algo.teacher) > 3 * n(algo.student)
+    assert algo.a_ts.weight.shape == (algo.teacher.rep_dim, algo.student.rep_dim) and algo.a_st is None
+    # the teacher is the CNN every other arm evaluates
+    assert n(algo.teacher) == n(make("fedavg").worker)
 
 
 def test_fedkd_uploads_a_factorised_update(small):
@@ -247,16 +249,16 @@ def test_fedkd_uploads_a_factorised_update(small):
     server = algo.init_server()
     state = algo.init_client(0)
     new, up, info = algo.local_update(0, state, algo.downlink(server, 1, 0), small, 1, gen())
-    delta = state_delta(clone_state(algo.mentee), server["global"])
+    delta = state_delta(clone_state(algo.student), server["global"])
     assert up.meta and info["ranks"]
-    assert up.nbytes < dense_bytes(algo.mentee) // 10
+    assert up.nbytes < dense_bytes(algo.student) // 10
     rebuilt = svd_decode(up)
     for name in up.meta:  # each factorised layer keeps >= E_1 = 0.95 of its update's energy
         err = float((rebuilt[name] - delta[name]).pow(2).sum())
         assert err <= (1 - 0.95) * float(delta[name].pow(2).sum()) + 1e-12
     for name in set(delta) - set(up.meta):  # biases travel dense
         assert torch.allclose(rebuilt[name], delta[name], atol=1e-7)
-    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["mentor"])
+    assert same(algo.personal_model(0, new, algo.eval_broadcast(server)).state_dict(), new["teacher"])
 
 
 def test_fedkd_server_rebuilds_rank_k_updates_exactly():
@@ -282,7 +284,7 @@ def test_fedkd_server_rebuilds_rank_k_updates_exactly():
         if energy < 1:  # kept rank <= 6 (three rank-2 updates): sent as factors, still exact
             assert 0 < uploads[0].payload.meta["encoder.fc.weight"][-1] <= 2
             assert 0 < new["updates"][0].meta["encoder.fc.weight"][-1] <= 6
-            assert new["updates"][0].nbytes < dense_bytes(algo.mentee) // 10
+            assert new["updates"][0].nbytes < dense_bytes(algo.student) // 10
 
 
 def test_fedkd_downlink_is_the_factorised_global_update_by_default(small, data):
@@ -298,9 +300,9 @@ def test_fedkd_downlink_is_the_factorised_global_update_by_default(small, data):
         down2 = algo.downlink(server, 2, 0)
         sizes[downlink] = down2.nbytes
         s2, _, _ = algo.local_update(0, out[0][0], down2, small, 2, gen())
-        if downlink == "delta":  # the client rebuilds exactly the server's global mentee
+        if downlink == "delta":  # the client rebuilds exactly the server's global student
             assert same(s2["held"]["global"], server["global"])
-    assert sizes["delta"] < dense_bytes(make("fedkd").mentee) // 10 < sizes["params"]
+    assert sizes["delta"] < dense_bytes(make("fedkd").student) // 10 < sizes["params"]
 
 
 # --- FedProto --------------------------------------------------------------------------------
@@ -385,7 +387,6 @@ def test_fedproto_predicts_the_nearest_global_prototype(small):
 # --- end to end ------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_end_to_end_run(method, partition, data, tmp_path):
-    from fedmic.algorithms import algorithm_defaults
     from fedmic.config import RunConfig
     from fedmic.data.partition import load_partition
     from fedmic.engine import Simulation
@@ -395,7 +396,7 @@ def test_end_to_end_run(method, partition, data, tmp_path):
     out = tmp_path / "run.json"
     sim.run(out)
     res = json.loads(out.read_text())
-    assert res["config"]["hp"] == algorithm_defaults(method)
+    assert res["config"]["hp"] == hp_defaults(method)
     for h in res["history"]:
         ev = h["eval"]["personal"]["test"]
         assert math.isfinite(ev["acc"]) and 0 <= ev["acc"] <= 1
@@ -409,9 +410,9 @@ def test_end_to_end_run(method, partition, data, tmp_path):
         assert up == [[dense + head] * 3] * 2 and down == [dense + head] * 2
     elif method == "fedkd":
         assert all(0 < b < dense // 10 for r in up for b in r)
-        # default downlink "delta": the dense mentee on first contact, then the factorised update
-        mentee = sum(v.numel() * 4 for v in sim.server["global"].values()) + 4
-        assert down[0] == mentee and 0 < down[1] < mentee // 10 and res["history"][0]["upload_ranks"]
+        # default downlink "delta": the dense student on first contact, then the factorised update
+        student = sum(v.numel() * 4 for v in sim.server["global"].values()) + 4
+        assert down[0] == student and 0 < down[1] < student // 10 and res["history"][0]["upload_ranks"]
     else:
         y = data.split("train")[1].numpy()
         train = load_partition(partition).indices["train"]

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmic.algorithms import ClientData, Context, algorithm_defaults, get_algorithm
-from fedmic.algorithms.base import Upload, is_bn_key
+from fedmic.algorithms import ClientData, Context, get_algorithm
+from fedmic.methods import hp_defaults, resolve_hp
+from fedmic.algorithms.base import is_bn_key
+from fedmic.comm import Upload
 from fedmic.comm import Payload
 from fedmic.models import build_model
 from conftest import DATA
@@ -24,9 +26,9 @@ N_CLASSES = 3
 
 def make_algo(name, model="cnn", hp=None, local_epochs=1, lr=0.05, batch_size=8):
     ctx = Context(model=model, in_channels=1, n_classes=N_CLASSES, image_size=28, device=torch.device("cpu"),
-                  rounds=2, local_epochs=local_epochs, batch_size=batch_size, lr=lr, hp=dict(hp or {}))
+                  rounds=2, local_epochs=local_epochs, batch_size=batch_size, lr=lr)
     torch.manual_seed(0)
-    return get_algorithm(name)(ctx)
+    return get_algorithm(name)(ctx, resolve_hp(name, dict(hp or {}), {"model": model}))
 
 
 def toy_data(seed, n=24, shift=0.0):
@@ -306,7 +308,7 @@ def test_end_to_end(breast, tmp_path, method, fedavg_run):
     hp = E2E_HP.get(method, {})
     sim, run = simulate(breast, tmp_path, method, model, hp)
     assert run["config"]["method"] == method
-    assert run["config"]["hp"] == {**algorithm_defaults(method), **hp}
+    assert run["config"]["hp"] == {**hp_defaults(method), **hp}
     assert len(run["history"]) == 2
     for h in run["history"]:
         assert h["uplink_bytes"] == [per_client] * len(h["sampled"])

@@ -160,6 +160,7 @@ def test_fedmic_encodes_uploads_against_the_broadcast_they_left(monkeypatch):
     from fedmic import comm, gpd
     from fedmic.algorithms.base import Context
     from fedmic.algorithms.fedmic import FedMIC
+    from fedmic.methods import resolve_hp
 
     seen = []
     encode = comm.svd_encode
@@ -168,8 +169,8 @@ def test_fedmic_encodes_uploads_against_the_broadcast_they_left(monkeypatch):
     for decompose in ("params", "delta"):
         ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"),
                       rounds=2, local_epochs=1, batch_size=8, lr=0.01, momentum=0.0, weight_decay=0.0,
-                      transport_dtype=torch.float32, hp={"decompose": decompose})
-        algo = FedMIC(ctx)
+                      transport_dtype=torch.float32)
+        algo = FedMIC(ctx, resolve_hp("fedmic", {"decompose": decompose}))
         server = algo.init_server()
         start, _ = algo.channel.rebuild(None, algo.downlink(server, 1, 0))
         seen.clear()

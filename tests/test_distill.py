@@ -92,6 +92,7 @@ def test_distillation_weight_stays_bounded_on_a_one_class_client(method, monkeyp
     from fedmic import distill
     from fedmic.algorithms import ClientData, Context, get_algorithm
     from fedmic.algorithms import mutual
+    from fedmic.methods import resolve_hp
 
     seen = []
     real = distill.dual_kd_losses
@@ -105,39 +106,39 @@ def test_distillation_weight_stays_bounded_on_a_one_class_client(method, monkeyp
     ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"), rounds=1,
                   local_epochs=100, batch_size=16, lr=0.1)
     torch.manual_seed(0)
-    algo = get_algorithm(method)(ctx)
+    algo = get_algorithm(method)(ctx, resolve_hp(method, {}))
     server = algo.init_server()
     g = torch.Generator().manual_seed(0)
     data = ClientData(torch.rand(32, 1, 28, 28, generator=g), torch.zeros(32, dtype=torch.long))
     state, up, info = algo.local_update(0, algo.init_client(0), algo.downlink(server, 1, 0), data, 1,
                                         torch.Generator().manual_seed(1))
-    assert max(seen) == pytest.approx(algo.hp["max_adaptive_weight"]) and min(seen) < 1.0
-    assert up.first_nonfinite() is None and all(torch.isfinite(v).all() for v in state[algo.private_name].values())
+    assert max(seen) == pytest.approx(algo.hp.max_adaptive_weight) and min(seen) < 1.0
+    assert up.first_nonfinite() is None and all(torch.isfinite(v).all() for v in state["teacher"].values())
 
 
 # --- where the auxiliary matrices act (hp aux_on; docs/method.md 1.1) ---------------------------
 def decision_maps(c=3, seed=1):
     g = torch.Generator().manual_seed(seed)
-    d_ts, d_st = nn.Linear(c, c, bias=False), nn.Linear(c, c, bias=False)
+    b_ts, b_st = nn.Linear(c, c, bias=False), nn.Linear(c, c, bias=False)
     with torch.no_grad():
-        d_ts.weight.copy_(torch.eye(c) + 0.5 * torch.randn(c, c, generator=g))
-        d_st.weight.copy_(torch.eye(c) + 0.5 * torch.randn(c, c, generator=g))
-    return d_ts, d_st
+        b_ts.weight.copy_(torch.eye(c) + 0.5 * torch.randn(c, c, generator=g))
+        b_st.weight.copy_(torch.eye(c) + 0.5 * torch.randn(c, c, generator=g))
+    return b_ts, b_st
 
 
 def test_decision_maps_change_only_the_decision_terms_as_documented():
     from fedmic.distill import decision_kd
     mods, x, y = setup()
     enc_t, head_t, enc_s, head_s, a_ts, a_st = mods
-    d_ts, d_st = decision_maps()
+    b_ts, b_st = decision_maps()
     r_t, r_s = enc_t(x), enc_s(x)
     z_t, z_s = head_t(r_t), head_s(r_s)
     plain = dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, 1.0, 1.0, 2.0, DistillSwitches(adaptive=False))
     mapped = dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, 1.0, 1.0, 2.0, DistillSwitches(adaptive=False),
-                            d_ts=d_ts, d_st=d_st)
+                            b_ts=b_ts, b_st=b_st)
     # the teacher learns from the student's logits mapped into its decision space, and the reverse
-    assert torch.allclose(mapped["dec_t"], decision_kd(z_t, d_ts(z_s.detach()), 2.0))
-    assert torch.allclose(mapped["dec_s"], decision_kd(z_s, d_st(z_t.detach()), 2.0))
+    assert torch.allclose(mapped["dec_t"], decision_kd(z_t, b_ts(z_s.detach()), 2.0))
+    assert torch.allclose(mapped["dec_s"], decision_kd(z_s, b_st(z_t.detach()), 2.0))
     assert not torch.allclose(mapped["dec_t"], plain["dec_t"]) and not torch.allclose(mapped["dec_s"], plain["dec_s"])
     for k in ("rep_t", "rep_s", "ce_t", "ce_s"):
         assert torch.equal(mapped[k], plain[k])
@@ -146,28 +147,29 @@ def test_decision_maps_change_only_the_decision_terms_as_documented():
     with torch.no_grad():
         eye_ts.weight.copy_(torch.eye(3)), eye_st.weight.copy_(torch.eye(3))
     ident = dual_kd_losses(r_t, z_t, r_s, z_s, y, a_ts, a_st, 1.0, 1.0, 2.0, DistillSwitches(adaptive=False),
-                           d_ts=eye_ts, d_st=eye_st)
+                           b_ts=eye_ts, b_st=eye_st)
     assert torch.allclose(ident["dec_t"], plain["dec_t"]) and torch.allclose(ident["dec_s"], plain["dec_s"])
 
 
 def test_each_decision_map_learns_from_its_own_side_only():
     mods, x, y = setup()
     enc_t, head_t, enc_s, head_s, a_ts, a_st = mods
-    d_ts, d_st = decision_maps()
+    b_ts, b_st = decision_maps()
     r_t, r_s = enc_t(x), enc_s(x)
     t = dual_kd_losses(r_t, head_t(r_t), r_s, head_s(r_s), y, a_ts, a_st, 1.0, 1.0, 2.0,
-                       DistillSwitches(rep=False, adaptive=False), d_ts=d_ts, d_st=d_st)
-    everything = [enc_t, head_t, d_ts, enc_s, head_s, d_st]
+                       DistillSwitches(rep=False, adaptive=False), b_ts=b_ts, b_st=b_st)
+    everything = [enc_t, head_t, b_ts, enc_s, head_s, b_st]
     assert grads(t["teacher"], everything) == [True, True, True, False, False, False]
     assert grads(t["student"], everything) == [False, False, False, True, True, True]
 
 
 def fedmic(**hp):
     from fedmic.algorithms import Context, get_algorithm
+    from fedmic.methods import resolve_hp
     ctx = Context(model="cnn", in_channels=1, n_classes=3, image_size=28, device=torch.device("cpu"), rounds=2,
-                  local_epochs=1, batch_size=8, lr=0.05, hp=hp)
+                  local_epochs=1, batch_size=8, lr=0.05)
     torch.manual_seed(0)
-    return get_algorithm("fedmic")(ctx)
+    return get_algorithm("fedmic")(ctx, resolve_hp("fedmic", hp))
 
 
 def client_data(n=16):
@@ -185,22 +187,22 @@ def test_aux_on_places_the_matrices_in_the_loss(aux_on, rep_maps, dec_maps, monk
     real = mutual.dual_kd_losses
 
     def spy(r_t, z_t, r_s, z_s, y, a_ts, a_st, *rest, **kw):
-        seen.update(a_ts=a_ts, d_ts=rest[-2], d_st=rest[-1])
+        seen.update(a_ts=a_ts, b_ts=rest[-2], b_st=rest[-1])
         return real(r_t, z_t, r_s, z_s, y, a_ts, a_st, *rest, **kw)
 
     monkeypatch.setattr(mutual, "dual_kd_losses", spy)
     algo = fedmic(aux_on=aux_on)
     data = client_data()
     state = algo.init_client(0, data)
-    assert ("dec_sp" in state) == dec_maps and ("dec_ps" in state) == dec_maps
+    assert ("b_ts" in state) == dec_maps and ("b_st" in state) == dec_maps
     new, _, _ = algo.local_update(0, state, algo.downlink(algo.init_server(), 1, 0), data, 1,
                                   torch.Generator().manual_seed(1))
     assert isinstance(seen["a_ts"], nn.Linear) == rep_maps
-    assert (seen["d_ts"] is not None) == dec_maps and (seen["d_st"] is not None) == dec_maps
+    assert (seen["b_ts"] is not None) == dec_maps and (seen["b_st"] is not None) == dec_maps
     if dec_maps:  # the maps trained and travel in the client's state, never in the upload
-        assert not torch.equal(new["dec_sp"], torch.eye(3)) and not torch.equal(new["dec_ps"], torch.eye(3))
+        assert not torch.equal(new["b_ts"], torch.eye(3)) and not torch.equal(new["b_st"], torch.eye(3))
     if not rep_maps:
-        assert torch.equal(new["proj_sp"], state["proj_sp"])  # unused: not trained
+        assert torch.equal(new["a_ts"], state["a_ts"])  # unused: not trained
 
 
 def test_aux_on_without_aux_matrices_or_with_unequal_widths_is_refused():
@@ -211,7 +213,7 @@ def test_aux_on_without_aux_matrices_or_with_unequal_widths_is_refused():
         resolve_hp("fedmic", {"aux_on": "decision", "teacher_width": 2.0})
     with pytest.raises(ValueError, match="teacher_start 'broadcast' copies the student"):
         resolve_hp("fedmic", {"teacher_start": "broadcast", "student_width": 0.5})
-    assert resolve_hp("fedmic", {"aux_on": "both", "teacher_width": 2.0})["aux_on"] == "both"
+    assert resolve_hp("fedmic", {"aux_on": "both", "teacher_width": 2.0}).aux_on == "both"
 
 
 def test_teacher_start_broadcast_takes_the_student_the_client_first_receives(monkeypatch):
@@ -223,24 +225,24 @@ def test_teacher_start_broadcast_takes_the_student_the_client_first_receives(mon
     server = algo.init_server()
     state = algo.init_client(0, data)
     first = {k: v.clone() for k, v in server["global"].items()}
-    assert all(torch.equal(state["teacher"][k], first[k]) for k in first) and "private_unset" in state
+    assert all(torch.equal(state["teacher"][k], first[k]) for k in first) and "teacher_unset" in state
     own = fedmic().init_client(0, data)
     assert not all(torch.equal(own["teacher"][k], first[k]) for k in first)  # default: its own weights
 
     # a client first sampled later receives another student: its teacher starts from that one
     later = {k: v + 0.01 for k, v in first.items()}
     started = {}
-    real = algo.private.load_state_dict
+    real = algo.teacher.load_state_dict
 
     def record(sd, *a, **k):
         started.update({k2: v.clone() for k2, v in sd.items()})
         return real(sd, *a, **k)
 
-    monkeypatch.setattr(algo.private, "load_state_dict", record)
+    monkeypatch.setattr(algo.teacher, "load_state_dict", record)
     sent = algo.downlink({**server, "global": later}, 2, 0)  # the dense global: it holds none yet
     new, _, _ = algo.local_update(0, state, sent, data, 2, torch.Generator().manual_seed(1))
     assert all(torch.equal(started[k], later[k]) for k in later)
-    assert "private_unset" not in new
+    assert "teacher_unset" not in new
     started.clear()
     algo.local_update(0, new, sent, data, 3, torch.Generator().manual_seed(2))
     assert all(torch.equal(started[k], new["teacher"][k]) for k in later)  # later rounds: its own teacher

@@ -22,7 +22,7 @@ pytest.importorskip("flwr", reason="the flower extra is not installed (pip insta
 
 from flower_grid import NODE0, K, ProcessGrid, make_partition_file, make_site, run_config, same_run  # noqa: E402
 
-from fedmic.algorithms import ALGORITHMS  # noqa: E402
+from fedmic.methods import METHODS  # noqa: E402
 from fedmic.engine import DivergenceError, Simulation, dropped_clients, sample_clients  # noqa: E402
 from fedmic.flower.server_app import FlowerRun, Options, SiteFailure  # noqa: E402
 from conftest import DATA  # noqa: E402
@@ -67,7 +67,7 @@ def engine(cfg, part, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method", sorted(ALGORITHMS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_equals_the_engine(method, part, grid, tmp_path):
     cfg, out = run_config(method), tmp_path / "f.json"
     run = flower(cfg, part, out, grid)

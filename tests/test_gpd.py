@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmic.algorithms.base import Upload
+from fedmic.comm import Upload
 from fedmic.comm import Payload, apply_delta, svd_decode
 from fedmic.config import RunConfig
 from fedmic.engine import Simulation

@@ -1,5 +1,7 @@
-"""fedmic/methods.py is the one declaration of every method's hyperparameters: the checks, the
-defaults, the schema's hp sections and the docs table all come from it and must agree."""
+"""Each method's declaration (METHOD in its file under fedmic/algorithms/, read by the registry
+in fedmic/methods.py) is the one source of its hyperparameters: the checks, the defaults, the
+typed hp its algorithm receives, the schema's hp sections and the docs table all come from it
+and must agree."""
 from __future__ import annotations
 
 import ast
@@ -89,7 +91,7 @@ def test_fedbn_rule_matches_the_models():
 def test_defaults_fill_and_numbers_normalise():
     cfg = RunConfig(dataset=FLAG, method="fedmic", hp={"tau": 4})
     assert cfg.hp == {"tau": 4.0} and isinstance(cfg.hp["tau"], float)
-    assert cfg.resolved_hp() == {**hp_defaults("fedmic"), "tau": 4.0}
+    assert cfg.resolved_hp().to_dict() == {**hp_defaults("fedmic"), "tau": 4.0}
     # the same run either way: tau 4 and 4.0 share a fingerprint, hence a checkpoint
     assert cfg.fingerprint() == RunConfig(dataset=FLAG, method="fedmic", hp={"tau": 4.0}).fingerprint()
     assert cfg.fingerprint() != RunConfig(dataset=FLAG, method="fedmic").fingerprint()
@@ -99,7 +101,7 @@ def test_defaults_fill_and_numbers_normalise():
 
 def test_every_default_passes_its_own_check():
     for name, m in METHODS.items():
-        assert resolve_hp(name, hp_defaults(name), {"model": "cnn_bn"}) == hp_defaults(name)
+        assert resolve_hp(name, hp_defaults(name), {"model": "cnn_bn"}).to_dict() == hp_defaults(name)
         for h in m.hps:
             assert h.accepts(h.default), (name, h.name)
 
@@ -109,7 +111,112 @@ def test_classes_match_the_declaration():
     from fedmic.algorithms import get_algorithm
     for name, m in METHODS.items():
         cls = get_algorithm(name)
-        assert cls.name == name and cls.personalised == m.personalised, name
+        assert cls.method.name == name and cls.__name__ == m.cls and cls.__module__ == f"fedmic.algorithms.{m.module}"
+        # the file's own METHOD, as Python runs it, is what the registry read from its text
+        # (rules hold lambdas, equal only to themselves: compared by their text)
+        own = sys.modules[cls.__module__].METHOD
+        read = methods.read_declaration(REPO / "fedmic" / "algorithms" / f"{m.module}.py")
+        assert dataclasses.replace(own, module=m.module, rules=()) == dataclasses.replace(read, rules=())
+        assert [r.text for r in own.rules] == [r.text for r in read.rules]
+
+
+# --------------------------------------------------------------------------- the registry
+def write_method(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+def test_registry_is_read_from_the_files():
+    """Every file under fedmic/algorithms/ with a METHOD is a method (no list to keep), base.py
+    and mutual.py, which declare none, are not; a variant's declaration lists only what it adds."""
+    files = {p.stem for p in (REPO / "fedmic" / "algorithms").glob("*.py") if "\nMETHOD = " in p.read_text()}
+    assert set(m.module for m in METHODS.values()) == files and "base" not in files and "mutual" not in files
+    assert list(METHODS) == sorted(METHODS)  # the order of the file names
+    assert len(files) == len(METHODS) == 12
+    fedrep = methods.read_declaration(REPO / "fedmic" / "algorithms" / "fedrep.py")
+    assert fedrep.extends == "fedper" and fedrep.personalised is None and [h.name for h in fedrep.hps] == ["head_epochs"]
+    assert METHODS["fedrep"].personalised is True and METHODS["fedprox"].personalised is False
+    assert METHODS["fedkd"].factorised and METHODS["fedmic"].factorised and not METHODS["ditto"].factorised
+
+
+def test_registry_finds_a_new_file_and_merges_a_variant(tmp_path):
+    write_method(tmp_path, "base", "class Algorithm:\n    pass\n")  # no METHOD: not a method
+    write_method(tmp_path, "plain", """
+        import torch  # never run by the registry
+        from fedmic.methods import Method, number
+        METHOD = Method("plain", "Plain", "Plain", personalised=True, hps=(number("w", 1.0, "a weight", ge=0),))
+    """)
+    write_method(tmp_path, "variant", """
+        from fedmic.methods import Method, integer
+        METHOD = Method("variant", "Variant", "Variant", extends="plain", hps=(integer("k", 2, "a count", ge=1),))
+    """)
+    found = methods.discover(tmp_path)
+    assert list(found) == ["plain", "variant"] and found["variant"].module == "variant"
+    assert [h.name for h in found["variant"].hps] == ["w", "k"] and found["variant"].personalised is True
+    assert found["plain"].factorised is False
+
+
+@pytest.mark.parametrize("text, error", [
+    ('METHOD = Method("fedavg", "X", "X")', r"method 'fedavg' is declared in fedmic/algorithms/.*py too"),
+    ('METHOD = Method("v", "V", "V", extends="nope")', "extends unknown method 'nope'"),
+    ('METHOD = Method("v", "V", "V", extends="fedprox", hps=(number("mu", 0.1, "again"),))',
+     r"redeclares \['mu'\], which it inherits from fedprox; declare only what it adds"),
+    ('METHOD = Method("v", "V", "V", hps=(number("w", 1, "an int default"),))', "default 1 is not a number"),
+    ('W = 1.0\nMETHOD = Method("v", "V", "V", hps=(number("w", W, "w"),))', "uses a name the registry cannot see"),
+    ('METHOD = {"name": "v"}', "must be a fedmic.methods.Method, got dict"),
+])
+def test_registry_refuses_a_bad_declaration_naming_the_file(tmp_path, text, error):
+    import shutil
+    folder = tmp_path / "algorithms"
+    shutil.copytree(REPO / "fedmic" / "algorithms", folder)
+    (folder / "zz_bad.py").write_text(text + "\n")
+    with pytest.raises(ValueError, match=error) as e:
+        methods.discover(folder)
+    assert "zz_bad.py" in str(e.value) or "fedmic/algorithms/zz_bad.py" in str(e.value)
+
+
+# --------------------------------------------------------------------------- typed hyperparameters
+def test_resolved_hyperparameters_are_typed_and_frozen():
+    hp = resolve_hp("fedmic", {"tau": 4, "fixed_rank": 3})
+    assert type(hp) is METHODS["fedmic"].hp_type and hp.tau == 4.0 and type(hp.tau) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.tau = 1.0
+    for name, m in METHODS.items():
+        resolved = resolve_hp(name, {}, {"model": "cnn_bn"})
+        declared = {f.name: f.type for f in dataclasses.fields(resolved)}
+        assert list(declared) == [h.name for h in m.hps], name
+        for h in m.hps:
+            value = getattr(resolved, h.name)
+            assert declared[h.name] == (h.kind | None if h.nullable else h.kind)
+            assert value is None and h.nullable or type(value) is h.kind, (name, h.name, value)
+    assert resolve_hp("fedmic", {"fixed_rank": 3.0}).fixed_rank == 3 and type(resolve_hp("fedmic", {"fixed_rank": 3.0}).fixed_rank) is int
+
+
+def test_the_algorithm_receives_its_hyperparameters_once(monkeypatch):
+    """The engine resolves a run's hyperparameters once and hands them to the constructor; no
+    algorithm resolves them again or reads them by string key."""
+    torch = pytest.importorskip("torch")
+    from fedmic import config, engine
+    from fedmic.algorithms import Context, get_algorithm
+    for path in (REPO / "fedmic" / "algorithms").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert "resolve_hp" not in [a.name for a in node.names], path.name
+            if isinstance(node, ast.Subscript):  # self.hp["tau"]: a string key where an attribute belongs
+                assert not ast.unparse(node.value).endswith(".hp"), (path.name, ast.unparse(node))
+    calls = []
+    real = config.resolve_hp
+    monkeypatch.setattr(config, "resolve_hp", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    cfg = RunConfig(dataset=FLAG, method="fedmic", hp={"tau": 4}, rounds=2)
+    calls.clear()
+    ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"), rounds=2,
+                  local_epochs=1, batch_size=8, lr=0.05)
+    algo = engine.make_algorithm(cfg, ctx)
+    assert calls == ["fedmic"] and algo.hp.tau == 4.0 and algo.hp == cfg.resolved_hp()
+    with pytest.raises(TypeError, match=r"FedMIC takes resolve_hp\('fedmic', ...\), got dict"):
+        get_algorithm("fedmic")(ctx, {"tau": 4.0})
+    with pytest.raises(TypeError, match="got FedAvgHyperParameters"):
+        get_algorithm("fedmic")(ctx, resolve_hp("fedavg", {}))
 
 
 # --------------------------------------------------------------------------- generated files
@@ -207,3 +314,42 @@ def test_config_grid_and_cli_need_no_torch(tmp_path):
     assert p.returncode == 0 and "report-grid" not in p.stdout
     assert set(p.stdout.split("{", 1)[1].split("}", 1)[0].split(",")) == {"download", "partition", "stamp-partition", "train",
                                                                          "collect", "table", "figure", "flower", "select"}
+
+
+# --------------------------------------------------------------------------- docs/extending.md
+def test_the_worked_example_in_extending_md_trains(tmp_path):
+    """The toy method of docs/extending.md, "A method", copied from the page into a copy of the
+    package: the registry finds it, the generator writes it into schema and docs table, and
+    `fedmic train` trains it for two rounds."""
+    import re
+    import shutil
+    page = (REPO / "docs" / "extending.md").read_text()
+    section = page.split("## A method\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    repo = tmp_path / "repo"
+    for part in ("fedmic", "workflow/schemas", "docs"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "fedmic" / "algorithms" / "toy.py").write_text(textwrap.dedent(block))
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    py = [sys.executable]
+    gen = subprocess.run([*py, "-m", "fedmic.methods"], cwd=repo, env=env, capture_output=True, text=True)
+    assert gen.returncode == 0, gen.stderr
+    assert "| Toy (`toy`) | `decay` | `0.01` |" in (repo / "docs" / "hyperparameters.md").read_text()
+    assert "hp_toy" in (repo / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    partition = tmp_path / "part.json"
+    data = os.environ.get("FEDMIC_MEDMNIST_ROOT") or str(REPO.parent / "shared" / "data" / "medmnist")
+    p = subprocess.run([*py, "-m", "fedmic.cli", "partition", "--dataset", FLAG, "--root", data, "--lam", "0.5",
+                        "--clients", "2", "--min-size", "5", "--out", str(partition)], cwd=repo, env=env, capture_output=True, text=True)
+    if p.returncode and "not found" in p.stderr.lower():
+        pytest.skip(f"no {FLAG} under {data}")
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "toy.json"
+    config = {"dataset": FLAG, "method": "toy", "hp": {"decay": 0.05}, "lam": 0.5, "clients": 2, "min_size": 5,
+              "rounds": 2}
+    t = subprocess.run([*py, "-m", "fedmic.cli", "train", "--config", __import__("json").dumps(config),
+                        "--partition", str(partition), "--root", data, "--out", str(out), "--no-progress",
+                        "--checkpoint-every", "0"], cwd=repo, env=env, capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr[-3000:]
+    run = __import__("json").loads(out.read_text())
+    assert run["config"]["method"] == "toy" and run["config"]["hp"] == {"decay": 0.05}
+    assert len(run["history"]) == 2

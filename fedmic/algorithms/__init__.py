@@ -1,17 +1,16 @@
-"""Registry of federated algorithms: one module per method, each a subclass of `Algorithm`.
+"""The federated algorithms: one file per method, each holding the method's declaration
+(`METHOD = Method(...)`, fedmic/methods.py) beside the `Algorithm` subclass it names.
 
-What the methods are (names, classes, hyperparameters) is declared in fedmic/methods.py, which
-needs no torch; a method's module is imported only when that method runs, so one broken method
-cannot stop the others, and checking a config imports none of them.
+The registry (fedmic.methods.METHODS) is read from these files without importing them, so
+checking a config needs no torch; a method's file is imported only when that method runs, so
+one broken method cannot stop the others.
 """
 from __future__ import annotations
 
 import importlib
 
-from ..methods import METHODS, hp_defaults
+from ..methods import get_method
 
-# method name -> "module:Class"
-ALGORITHMS = {name: m.impl for name, m in METHODS.items()}
 _FROM_BASE = ("Algorithm", "ClientData", "Context")
 
 
@@ -24,14 +23,17 @@ def __getattr__(name: str):
 
 
 def get_algorithm(name: str):
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}")
-    module, cls = ALGORITHMS[name].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    """The class that implements method `name` (its declaration: fedmic.methods.get_method)."""
+    method = get_method(name)
+    module = importlib.import_module(f"{__name__}.{method.module}")
+    cls = getattr(module, method.cls, None)
+    if cls is None:
+        raise ValueError(f"fedmic/algorithms/{method.module}.py declares method {name!r} with cls={method.cls!r}, "
+                         f"but defines no class of that name; fix the declaration's cls")
+    if cls.__dict__.get("method") is not getattr(module, "METHOD"):
+        raise ValueError(f"fedmic/algorithms/{method.module}.py: class {method.cls} must set `method = METHOD` "
+                         "(its own declaration), not inherit a neighbour's")
+    return cls
 
 
-def algorithm_defaults(name: str) -> dict:
-    return hp_defaults(name)
-
-
-__all__ = ["ALGORITHMS", "Algorithm", "ClientData", "Context", "get_algorithm", "algorithm_defaults"]
+__all__ = ["Algorithm", "ClientData", "Context", "get_algorithm"]

@@ -8,28 +8,19 @@ which lets the engine discard a diverged update.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.optim.sgd import sgd
 
-from ..comm import Payload, dense_payload, unpack_dense
-from ..methods import resolve_hp
+from ..comm import Payload, Upload, dense_payload, unpack_dense, weighted_average  # noqa: F401  (Upload: the engine's)
+from ..methods import HyperParameters, Method, get_method
 from ..models import SplitModel, build_model
 
 State = dict[str, Any]
-
-
-class Upload(NamedTuple):
-    """One client's upload as the server receives it: who sent it (a real server knows its
-    peers), what it sent, and its aggregation weight (sample count, or 1 for uniform)."""
-
-    cid: int
-    payload: Payload
-    weight: float
 
 
 @dataclass
@@ -67,7 +58,6 @@ class Context:
     momentum: float = 0.0
     weight_decay: float = 0.0
     transport_dtype: torch.dtype = torch.float32
-    hp: dict = field(default_factory=dict)
     memory_format: torch.memory_format = torch.contiguous_format
 
     def make_model(self, width: float = 1.0) -> SplitModel:
@@ -113,23 +103,6 @@ def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Average floating tensors with the given weights; integer buffers (BN batch counters)
-    are taken from the first state since averaging a counter means nothing."""
-    w = torch.tensor(weights, dtype=torch.float64)
-    w = (w / w.sum()).tolist()
-    out = {}
-    for k, v0 in states[0].items():
-        if v0.is_floating_point():
-            acc = torch.zeros_like(v0, dtype=torch.float32)
-            for s, wi in zip(states, w):
-                acc.add_(s[k].float(), alpha=wi)
-            out[k] = acc.to(v0.dtype)
-        else:
-            out[k] = v0.clone()
-    return out
-
-
 def is_bn_key(model: nn.Module, key: str) -> bool:
     """True for parameters and buffers that belong to a batch-norm layer."""
     module_name = key.rpartition(".")[0]
@@ -138,9 +111,8 @@ def is_bn_key(model: nn.Module, key: str) -> bool:
 
 
 class Algorithm:
-    """Base class. Subclasses set `name` (their hyperparameters are declared under that name in
-    fedmic/methods.py), `personalised` (whether each client is scored with its own model) and
-    override the hooks.
+    """Base class. A subclass sets `method` to its file's declaration (`METHOD`, fedmic.methods:
+    name, hyperparameters, personalised or not) and overrides the hooks.
 
     What each side may use is what a real deployment gives it: the server its own state and the
     uploads; a client its own state, its data, its seed and what the server sent it. Every party
@@ -148,13 +120,25 @@ class Algorithm:
     before), so constants set in `__init__` (initial weights) are known to all. Nothing else may
     live on the object between calls: in a deployment each message may run in a fresh process."""
 
-    name = "base"
-    personalised = False
+    method: Method  # the file's METHOD, as written (a variant's lists only what it adds)
 
-    def __init__(self, ctx: Context):
+    def __new__(cls, ctx: Context, hp: HyperParameters):
+        # checked before any __init__ (FedMIC's reads hp before calling this class's): `hp` is
+        # resolved once per run (fedmic.methods.resolve_hp), typed and frozen
+        if not isinstance(hp, get_method(cls.method.name).hp_type):
+            raise TypeError(f"{cls.__name__} takes resolve_hp({cls.method.name!r}, ...), got {type(hp).__name__}")
+        return super().__new__(cls)
+
+    def __init__(self, ctx: Context, hp: HyperParameters):
+        # the registry's declaration, with what a variant inherits from its neighbour
+        self.method = get_method(type(self).method.name)
         self.ctx = ctx
-        self.hp = resolve_hp(self.name, ctx.hp)
+        self.hp = hp
         self.worker = ctx.make_model()
+
+    @property
+    def personalised(self) -> bool:
+        return self.method.personalised
 
     # --- server side -------------------------------------------------------------------
     def init_server(self) -> State:

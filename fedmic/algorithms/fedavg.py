@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from ..comm import dense_payload
+from ..methods import Method
 from .base import Algorithm, clone_state
+
+METHOD = Method("fedavg", "FedAvg", "FedAvg")
 
 
 class FedAvg(Algorithm):
-    name = "fedavg"
+    method = METHOD
 
     def local_update(self, cid, state, received, data, rnd, gen):
         self.load_received(self.worker, received)

@@ -3,15 +3,21 @@ parameters and running statistics are never uploaded; everything else is average
 from __future__ import annotations
 
 from ..comm import Payload, dense_payload, unpack_dense
+from ..methods import Method, Rule
 from .base import Algorithm, clone_state, is_bn_key
+
+METHOD = Method("fedbn", "FedBN", "FedBN", personalised=True, rules=(
+    Rule("needs a model with batch norm", lambda hp, run: run.get("model") in ("cnn_bn", "resnet18"),
+         "batch-norm layers stay local, but model {run[model]!r} has none; "
+         "use model cnn_bn or resnet18 (the arm's train: {{model: cnn_bn}})", uses_run=True),
+))
 
 
 class FedBN(Algorithm):
-    name = "fedbn"
-    personalised = True
+    method = METHOD
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
         start = clone_state(self.worker)
         self.bn_keys = [k for k in start if is_bn_key(self.worker, k)]
         if not self.bn_keys:

@@ -3,15 +3,17 @@ base is the model's encoder and the personalisation layer its head (the classifi
 from __future__ import annotations
 
 from ..comm import Payload, dense_payload, unpack_dense
+from ..methods import Method
 from .base import Algorithm, clone_state
+
+METHOD = Method("fedper", "FedPer", "FedPer", personalised=True)
 
 
 class FedPer(Algorithm):
-    name = "fedper"
-    personalised = True
+    method = METHOD
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
         start = clone_state(self.worker)
         head = {f"head.{k}" for k in self.worker.head.state_dict()}
         self.head_keys = [k for k in start if k in head]

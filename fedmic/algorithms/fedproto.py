@@ -12,8 +12,19 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..comm import Payload
+from ..methods import Method, choice, log_range, number
 from ..models import SplitModel
 from .base import Algorithm, clone_state
+
+METHOD = Method("fedproto", "FedProto", "FedProto", personalised=True, hps=(
+    number("lam", 1.0, "weight of the prototype loss lam * MSE(r, global prototype of y); 0 is Local",
+           space=log_range(0.01, 10.0), ge=0),
+    choice("inference", "own_prototypes", ("own_prototypes", "all_prototypes", "head"),
+           "a client's prediction: the nearest global prototype among the classes the client holds "
+           "(the authors' code), among every class with a prototype (the paper's text), or its model's head"),
+    choice("proto_weighting", "counts", ("counts", "uniform"),
+           "server average per class: weighted by image counts (the paper's) or uniform (the authors' code)"),
+))
 
 
 class NearestPrototype(nn.Module):
@@ -46,11 +57,10 @@ def local_prototypes(model: SplitModel, x: torch.Tensor, y: torch.Tensor, n_clas
 
 
 class FedProto(Algorithm):
-    name = "fedproto"
-    personalised = True
+    method = METHOD
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
         # Every client starts from the weights the other methods' global model starts from
         # (as the Local baseline), so lam = 0 is exactly Local.
         self.start = clone_state(self.worker)
@@ -77,7 +87,7 @@ class FedProto(Algorithm):
         for u in uploads:  # the engine's client weight is not used: prototypes carry their counts
             p = u.payload
             cls, n = p.tensors["classes"].long(), p.tensors["counts"].long()
-            w = n.double() if self.hp["proto_weighting"] == "counts" else torch.ones_like(n, dtype=torch.float64)
+            w = n.double() if self.hp.proto_weighting == "counts" else torch.ones_like(n, dtype=torch.float64)
             sums.index_add_(0, cls, p.tensors["protos"].double() * w.unsqueeze(1))
             weights.index_add_(0, cls, w)
             counts.index_add_(0, cls, n)
@@ -90,7 +100,7 @@ class FedProto(Algorithm):
     # --- client ------------------------------------------------------------------------
     def init_client(self, cid, data=None):
         state = {"model": {k: v.clone() for k, v in self.start.items()}}
-        if self.hp["inference"] == "own_prototypes":
+        if self.hp.inference == "own_prototypes":
             # The classes in the client's training data. Without data (a server counting the
             # parameters of a state; engine and sites always pass it) every class counts.
             c = self.ctx.n_classes
@@ -101,7 +111,7 @@ class FedProto(Algorithm):
     def local_update(self, cid, state, received, data, rnd, gen):
         model = self.worker
         model.load_state_dict(state["model"])
-        lam = float(self.hp["lam"])
+        lam = self.hp.lam
         reg = None
         if lam > 0 and "protos" in received.tensors:
             c = self.ctx.n_classes
@@ -136,14 +146,14 @@ class FedProto(Algorithm):
 
     def personal_model(self, cid, state, shared):
         self.worker.load_state_dict(state["model"])
-        if self.hp["inference"] == "head" or "protos" not in shared.tensors:
+        if self.hp.inference == "head" or "protos" not in shared.tensors:
             return self.worker
         c = self.ctx.n_classes
         protos = torch.zeros(c, self.worker.rep_dim, device=self.ctx.device)
         has = torch.zeros(c, dtype=torch.bool, device=self.ctx.device)
         cls = shared.tensors["classes"].long()
         protos[cls], has[cls] = shared.tensors["protos"].float(), True
-        if self.hp["inference"] == "own_prototypes":
+        if self.hp.inference == "own_prototypes":
             # a class the client holds always has a global prototype once it has uploaded once;
             # before that its own classes may have none, and it predicts among those that do
             own = has & state["classes"]

@@ -6,15 +6,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..methods import Method, Space, integer
 from ..models import SplitModel
 from .base import ClientData
 from .fedper import FedPer
 
+# The paper runs 10 head epochs per representation epoch (its code's defaults, local_ep=10 and
+# local_rep_ep=1, split the 10 as 9 + 1); the encoder phase uses the run's local_epochs.
+METHOD = Method("fedrep", "FedRep", "FedRep", extends="fedper", hps=(
+    integer("head_epochs", 10, "epochs on the head (encoder frozen) before the encoder's "
+                               "local_epochs (the paper: 10 per representation epoch)",
+            space=Space(1, 10), ge=1),
+))
+
 
 class FedRep(FedPer):
-    name = "fedrep"
-    # The paper runs 10 head epochs per representation epoch (its code's defaults, local_ep=10
-    # and local_rep_ep=1, split the 10 as 9 + 1); the encoder phase uses the run's local_epochs.
+    method = METHOD
 
     def train_local(self, data, gen) -> dict:
         m = self.worker
@@ -25,6 +32,6 @@ class FedRep(FedPer):
         with torch.no_grad():
             reps = torch.cat([m.encoder(data.x[i:i + 1024]) for i in range(0, data.n, 1024)])
         head_only = SplitModel(nn.Identity(), m.head)
-        head_loss = self.train_supervised(head_only, ClientData(reps, data.y), gen, epochs=self.hp["head_epochs"])
+        head_loss = self.train_supervised(head_only, ClientData(reps, data.y), gen, epochs=self.hp.head_epochs)
         body_loss = self.train_supervised(m, data, gen, frozen=m.head)
         return {"loss": body_loss, "loss_head": head_loss}

@@ -3,15 +3,17 @@ data and nothing is ever sent, so uplink and downlink are both zero bytes."""
 from __future__ import annotations
 
 from ..comm import Payload
+from ..methods import Method
 from .base import Algorithm, clone_state
+
+METHOD = Method("local", "Local", "Local", personalised=True)
 
 
 class Local(Algorithm):
-    name = "local"
-    personalised = True
+    method = METHOD
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
         # Every client starts from the weights every other method's global model starts from
         # (the engine seeds this), so the comparison isolates the effect of communicating.
         self.start = clone_state(self.worker)

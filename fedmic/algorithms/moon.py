@@ -12,9 +12,17 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..comm import dense_payload
+from ..methods import Method, integer, log_range, number, one_of
 from ..models import SplitModel
 from .base import clone_state
 from .fedavg import FedAvg
+
+METHOD = Method("moon", "MOON", "MOON", extends="fedavg", hps=(
+    number("mu", 1.0, "weight of the model-contrastive loss (the paper: 5 on CIFAR-10, 1 on CIFAR-100)",
+           space=log_range(0.1, 10.0), ge=0),
+    number("tau", 0.5, "temperature of the contrastive loss", space=one_of(0.1, 0.5, 1.0), gt=0),
+    integer("proj_dim", 256, "output size of the projection head the contrastive loss compares", ge=1),
+))
 
 
 class ProjectedModel(SplitModel):
@@ -37,10 +45,10 @@ def model_contrastive_loss(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.
 
 
 class MOON(FedAvg):
-    name = "moon"
+    method = METHOD
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
         # The encoder and classifier are the ones every method starts from (made first, under the
         # engine's seed); the projection head's weights are drawn after them.
         self.worker = self._projected(self.worker)
@@ -50,11 +58,11 @@ class MOON(FedAvg):
             m.requires_grad_(False)
 
     def _projected(self, model: SplitModel) -> ProjectedModel:
-        return ProjectedModel(model, int(self.hp["proj_dim"])).to(self.ctx.device)
+        return ProjectedModel(model, self.hp.proj_dim).to(self.ctx.device)
 
     def local_update(self, cid, state, received, data, rnd, gen):
         self.load_received(self.worker, received)
-        mu, tau = float(self.hp["mu"]), float(self.hp["tau"])
+        mu, tau = self.hp.mu, self.hp.tau
         contrast = None
         if mu > 0:
             self.glob.load_state_dict(self.worker.state_dict())

@@ -551,9 +551,9 @@ def t6_table(tidy: pd.DataFrame, select: str = "last") -> Table:
 
 
 def _default(key: str):
-    from fedmic.algorithms import algorithm_defaults
+    from fedmic.methods import hp_defaults
 
-    return algorithm_defaults("fedmic")[key]
+    return hp_defaults("fedmic")[key]
 
 
 def fmt_num(x) -> str:

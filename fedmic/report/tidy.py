@@ -91,8 +91,8 @@ def hp_changes(method: str, hp: dict) -> dict:
     """Hyperparameters whose value differs from the method's defaults (a made-up or
     unimportable method: all of them)."""
     try:
-        from fedmic.algorithms import algorithm_defaults
-        defaults = algorithm_defaults(method)
+        from fedmic.methods import hp_defaults
+        defaults = hp_defaults(method)
     except Exception:  # a run of a method this code does not know still gets a row
         return dict(sorted(hp.items()))
     out = {}
