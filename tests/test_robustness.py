@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from fedmic import utils
-from fedmic.algorithms import get_algorithm
 from fedmic.algorithms.fedavg import FedAvg
 from fedmic.cli import main as cli_main
 from fedmic.comm import dense_payload

@@ -3,10 +3,11 @@
 Flower may run every message in a fresh process, so nothing survives a message in memory: each
 one rebuilds the algorithm from the run config under the run's seed
 (fedmic.simulation.setup.make_algorithm) and reads the site's state from its state folder.
-After a round the new state is written atomically (fedmic.utils.atomic_open) as one snapshot per round, so a SuperNode killed at any
-moment and started again continues from its last committed round. The round's work is a
-function of (seed, round, client) and of the state it starts from, so a message delivered twice
-gives the same reply twice. No Flower import here: the bridge is fedmic/flower/client_app.py.
+After a round the new state is written atomically (fedmic.utils.atomic_open) as one snapshot
+per round, so a SuperNode killed at any moment and started again continues from its last
+committed round. The round's work is a function of (seed, round, client) and of the state it
+starts from, so a message delivered twice gives the same reply twice. No Flower import here:
+the bridge is fedmic/flower/client_app.py.
 """
 from __future__ import annotations
 
