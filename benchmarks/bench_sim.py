@@ -48,7 +48,10 @@ from fedmic import gpd as gpd_module  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data.medmnist import load_dataset  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
-from fedmic.engine import Simulation, memory_format_name, sample_clients  # noqa: E402
+from fedmic.engine import Simulation  # noqa: E402
+from fedmic.simulation import evaluation  # noqa: E402
+from fedmic.simulation.loop import sample_clients, train_round  # noqa: E402
+from fedmic.simulation.setup import memory_format_name  # noqa: E402
 from fedmic.utils import derive_seed  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared/data/medmnist"
@@ -158,7 +161,7 @@ class Limit:
         for cid in sample_clients(cfg, rnd):
             gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
             for _ in range(cfg.local_epochs):
-                out += [(x.contiguous(), y.contiguous()) for x, y in self.sim.train[cid].batches(cfg.batch_size, gen)]
+                out += [(x.contiguous(), y.contiguous()) for x, y in self.sim.data.train[cid].batches(cfg.batch_size, gen)]
         return out
 
     def round(self, batches) -> None:
@@ -178,7 +181,7 @@ class NaiveFedAvg:
     def __init__(self, sim: Simulation):
         self.sim = sim
         self.global_model = copy.deepcopy(sim.algo.worker)
-        self.sets = [TensorDataset(d.x, d.y) for d in sim.train]
+        self.sets = [TensorDataset(d.x, d.y) for d in sim.data.train]
 
     def round(self, rnd: int) -> int:
         cfg = self.sim.cfg
@@ -206,7 +209,7 @@ class NaiveFedAvg:
 
 
 def images_per_round(sim: Simulation, rnd: int) -> int:
-    return sum(sim.n_train[c] for c in sample_clients(sim.cfg, rnd)) * sim.cfg.local_epochs
+    return sum(sim.data.n_train[c] for c in sample_clients(sim.cfg, rnd)) * sim.cfg.local_epochs
 
 
 def median(v: list[float]) -> float:
@@ -228,15 +231,15 @@ def profile_round(sim: Simulation, rnd: int, evaluate: bool, top: int = 15) -> s
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if sim.device.type == "cuda" else [])
     sampled = sample_clients(sim.cfg, rnd)
     with profile(activities=acts) as prof:
-        sim.local_round(rnd, sampled, set())
+        train_round(sim, rnd, sampled, set())
         if evaluate:
-            sim.evaluate()
+            evaluation.evaluate(sim, rnd)
     out = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
     pr = cProfile.Profile()
     pr.enable()
-    sim.local_round(rnd + 1, sample_clients(sim.cfg, rnd + 1), set())
+    train_round(sim, rnd + 1, sample_clients(sim.cfg, rnd + 1), set())
     if evaluate:
-        sim.evaluate()
+        evaluation.evaluate(sim, rnd + 1)
     pr.disable()
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
@@ -264,7 +267,7 @@ def ablate(sim: Simulation, first_round: int, repeats: int, device: torch.device
         for _ in range(repeats):
             for name, switch in variants.items():
                 switch()
-                out[name].append(timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device))
+                out[name].append(timed(lambda: train_round(sim, rnd, sample_clients(sim.cfg, rnd), set()), device))
                 gpd_module.svd_encode = orig_encode
             rnd += 1
     finally:
@@ -298,7 +301,7 @@ class VmapClients:
         per_client = []
         for cid in self.clients:
             gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "batches", rnd, cid))
-            per_client.append([b for b in self.sim.train[cid].batches(cfg.batch_size, gen) if len(b[1]) == cfg.batch_size])
+            per_client.append([b for b in self.sim.data.train[cid].batches(cfg.batch_size, gen) if len(b[1]) == cfg.batch_size])
         steps = min(len(b) for b in per_client)
         return [(torch.stack([c[i][0] for c in per_client]), torch.stack([c[i][1] for c in per_client]))
                 for i in range(steps)]
@@ -383,21 +386,21 @@ def run(args) -> dict:
                 batches = limit.batches(rnd)
                 rows = {
                     "limit": timed(lambda: limit.round(batches), device),
-                    "fedavg": timed(lambda: fedavg.local_round(rnd, sample_clients(fedavg.cfg, rnd), set()), device),
-                    "eval_fedavg": timed(fedavg.evaluate, device),
+                    "fedavg": timed(lambda: train_round(fedavg, rnd, sample_clients(fedavg.cfg, rnd), set()), device),
+                    "eval_fedavg": timed(lambda: evaluation.evaluate(fedavg, rnd), device),
                     "naive": timed(lambda: naive.round(rnd), device),
                 }
                 svd.take()
-                rows["fedmic"] = timed(lambda: fedmic.local_round(rnd, sample_clients(fedmic.cfg, rnd), set()), device)
+                rows["fedmic"] = timed(lambda: train_round(fedmic, rnd, sample_clients(fedmic.cfg, rnd), set()), device)
                 rows["svd"] = svd.take()
-                rows["eval_fedmic"] = timed(fedmic.evaluate, device)
+                rows["eval_fedmic"] = timed(lambda: evaluation.evaluate(fedmic, rnd), device)
                 for key in t_scale:
                     if key[0] == "limit":
                         small_batches = scale_limit.batches(rnd)
                         rows[key] = timed(lambda: scale_limit.round(small_batches), device)
                         continue
                     sim = scale[key]
-                    rows[key] = timed(lambda: sim.local_round(rnd, sample_clients(sim.cfg, rnd), set()), device)
+                    rows[key] = timed(lambda: train_round(sim, rnd, sample_clients(sim.cfg, rnd), set()), device)
                 if rnd > 1:
                     for k, v in rows.items():
                         (t_scale if k in t_scale else t)[k].append(v)

@@ -33,7 +33,8 @@ from fedmic import comm, gpd  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data.medmnist import load_dataset  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
-from fedmic.engine import Simulation, sample_clients  # noqa: E402
+from fedmic.engine import Simulation  # noqa: E402
+from fedmic.simulation.loop import sample_clients, train_round  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +73,7 @@ def recorded_tensors(args) -> list[tuple[str, float, torch.Tensor]]:
         gpd.svd_encode = record
         try:
             for rnd in range(1, args.rounds + 1):
-                sim.local_round(rnd, sample_clients(cfg, rnd), set())
+                train_round(sim, rnd, sample_clients(cfg, rnd), set())
         finally:
             gpd.svd_encode = encode
     return out

@@ -1,7 +1,7 @@
 """What evaluating every client costs against a training round, at any dataset's size.
 
-Times whole rounds (`Simulation.local_round`) and the evaluation of all clients that follows
-each (`Simulation.evaluate`: the global model and, for personalised methods, every client's
+Times whole rounds (`fedmic.simulation.loop.train_round`) and the evaluation of all clients that follows
+each (`fedmic.simulation.evaluation.evaluate`: the global model and, for personalised methods, every client's
 model on validation and test images), interleaved, and splits the evaluation into the models'
 forward passes and the metrics. `--synthetic` fills the named dataset's official split sizes
 with random images (timing only, no file needed), e.g. TissueMNIST's 165,466 training, 23,640
@@ -32,6 +32,8 @@ import torch
 
 
 from fedmic import engine  # noqa: E402
+from fedmic.simulation import clients, evaluation  # noqa: E402
+from fedmic.simulation.loop import sample_clients, train_round  # noqa: E402
 from fedmic import metrics  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data import medmnist  # noqa: E402
@@ -69,11 +71,12 @@ def synthetic_loader(flag: str):
 
 
 class Clock:
-    """Adds up the time spent in one module-level function while installed."""
+    """Adds up the time spent in one module-level function while installed, in each of the
+    modules that call it by its name."""
 
-    def __init__(self, module, name: str):
-        self.module, self.name, self.total = module, name, 0.0
-        self.orig = getattr(module, name)
+    def __init__(self, modules, name: str):
+        self.modules, self.name, self.total = modules, name, 0.0
+        self.orig = getattr(modules[0], name)
 
     def __enter__(self):
         def timed(*a, **k):
@@ -82,11 +85,13 @@ class Clock:
                 return self.orig(*a, **k)
             finally:
                 self.total += time.perf_counter() - t0
-        setattr(self.module, self.name, timed)
+        for module in self.modules:
+            setattr(module, self.name, timed)
         return self
 
     def __exit__(self, *exc):
-        setattr(self.module, self.name, self.orig)
+        for module in self.modules:
+            setattr(module, self.name, self.orig)
 
     def take(self) -> float:
         t, self.total = self.total, 0.0
@@ -140,11 +145,11 @@ def main(argv=None) -> int:
                         batch_size=args.batch_size, progress=False, checkpoint_every=0, threads=args.threads)
         sim = engine.Simulation(cfg, path, args.root)
         rows = []
-        with Clock(engine, "predict") as fwd:
+        with Clock((evaluation, clients), "predict") as fwd:
             for rnd in range(1, args.rounds + 2):
-                train_s = timed(lambda: sim.local_round(rnd, engine.sample_clients(cfg, rnd), set()))
+                train_s = timed(lambda: train_round(sim, rnd, sample_clients(cfg, rnd), set()))
                 fwd.take()
-                eval_s = timed(sim.evaluate)
+                eval_s = timed(lambda: evaluation.evaluate(sim, rnd))
                 if rnd > 1:
                     rows.append((train_s, eval_s, fwd.take()))
     n = {s: len(labels[s]) for s in medmnist.SPLITS}

@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from eval_cost import synthetic_loader  # noqa: E402
 from fedmic import engine, grid, schema  # noqa: E402
+from fedmic.simulation.evaluation import evaluate  # noqa: E402
+from fedmic.simulation.loop import sample_clients, train_round  # noqa: E402
 from fedmic.config import RunConfig  # noqa: E402
 from fedmic.data import medmnist  # noqa: E402
 from fedmic.data.partition import make_partition, save_partition  # noqa: E402
@@ -114,13 +116,13 @@ class Probe:
         train, evals = [], []
         for rnd in range(1, args.probe_rounds + 2):
             t0 = time.perf_counter()
-            sim.local_round(rnd, engine.sample_clients(cfg, rnd), set())
+            train_round(sim, rnd, sample_clients(cfg, rnd), set())
             t1 = time.perf_counter()
-            sim.evaluate()
+            evaluate(sim, rnd)
             if rnd > 1:  # round 1 warms up
                 train.append(t1 - t0)
                 evals.append(time.perf_counter() - t1)
-        self.train_s = statistics.median(train) / (sum(sim.n_train) * cfg.local_epochs)
+        self.train_s = statistics.median(train) / (sum(sim.data.n_train) * cfg.local_epochs)
         self.eval_s = statistics.median(evals) / sum(len(data.split(s)[1]) for s in ("val", "test"))
 
 

@@ -94,7 +94,8 @@ def cmd_train(a):
                           "than Snakemake does; install the same version in both (or drop --fingerprint)")
     if a.selection:
         check_selected(cfg, a.selection)
-    from .engine import Simulation, train_outputs  # torch: only once the config is known to be good
+    from .engine import Simulation  # torch: only once the config is known to be good
+    from .simulation.record import train_outputs
     from .outputs import check_outputs
     inputs = [("--partition", a.partition), dataset_input(cfg.dataset, a.root, cfg.image_size)]
     if not a.config.lstrip().startswith("{"):
@@ -287,7 +288,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     modules a command imported can have raised their own, so none is imported here."""
     kinds = [ValueError, OSError, yaml.YAMLError]  # ConfigError, PartitionError: ValueErrors
     for module, names in (("fedmic.data.medmnist", ("DatasetError",)),
-                          ("fedmic.engine", ("CheckpointError", "DivergenceError"))):
+                          ("fedmic.simulation.checkpoint", ("CheckpointError",)),
+                          ("fedmic.simulation.loop", ("DivergenceError",))):
         if module in sys.modules:
             kinds += [getattr(sys.modules[module], n) for n in names]
     return tuple(kinds)

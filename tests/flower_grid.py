@@ -1,4 +1,4 @@
-"""The cheaper path to Flower for the tests: fedmic's ServerApp logic (FlowerRun) drives a stand-in
+"""The cheaper path to Flower for the tests: fedmic's ServerApp logic (FlowerClients) drives a stand-in
 for Flower's Grid whose sites are separate worker processes running fedmic's ClientApp. Messages
 cross the process boundary as Flower serialises them (every object deflated, then inflated on
 the other side), each message is handled in a freshly forked process (as Flower starts one per
@@ -126,7 +126,7 @@ class ProcessGrid:
         m = msg.metadata
         return m.message_type, int(m.group_id or 0), self.cid.get(m.reply_to_message_id or m.message_id)
 
-    # --- what FlowerRun uses of Flower's Grid -----------------------------------------------
+    # --- what FlowerClients uses of Flower's Grid -----------------------------------------------
     def get_node_ids(self) -> list[int]:
         with self.lock:
             return list(self.workers)

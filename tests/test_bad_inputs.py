@@ -516,8 +516,9 @@ class World:
     def checkpoint_of(self, run: dict) -> None:
         from fedmic.config import RunConfig
         from fedmic.engine import Simulation
+        from fedmic.simulation.checkpoint import save_checkpoint
         sim = Simulation(RunConfig(**{**run, "progress": False, "threads": 1}), self.part, DATA)
-        sim.save_checkpoint(self.dir / "out" / "run.json", 1)
+        save_checkpoint(sim, self.dir / "out" / "run.json", 1)
 
     def close(self):
         for p in self.holders:

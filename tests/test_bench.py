@@ -254,9 +254,9 @@ def test_eval_cost_splits_evaluation_and_compares_metrics():
 
 @pytest.mark.parametrize("model", ["cnn", "resnet18"])
 def test_evaluation_batch_size_does_not_change_predictions(model):
-    """engine.predict's batch (64, chosen for speed) gives bit for bit the predictions of larger
+    """predict's batch (64, chosen for speed) gives bit for bit the predictions of larger
     batches, so the choice changes no reported number."""
-    from fedmic.engine import predict
+    from fedmic.simulation.evaluation import predict
     from fedmic.models import build_model
 
     torch.manual_seed(0)

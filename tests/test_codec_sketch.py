@@ -133,7 +133,8 @@ def test_real_training_updates_get_the_full_svds_rank(tmp_path):
     from fedmic.config import RunConfig
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import make_partition, save_partition
-    from fedmic.engine import Simulation, sample_clients
+    from fedmic.engine import Simulation
+    from fedmic.simulation.loop import sample_clients, train_round
 
     data = load_dataset("breastmnist", DATA)
     labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
@@ -153,7 +154,7 @@ def test_real_training_updates_get_the_full_svds_rank(tmp_path):
     gpd.svd_encode = record
     try:
         for rnd in (1, 2, 3):
-            sim.local_round(rnd, sample_clients(cfg, rnd), set())
+            train_round(sim, rnd, sample_clients(cfg, rnd), set())
     finally:
         gpd.svd_encode = encode
     assert len(seen) == 3 * (4 + 1)  # fc of 4 uploads and one broadcast per round

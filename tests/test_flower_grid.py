@@ -23,8 +23,9 @@ pytest.importorskip("flwr", reason="the flower extra is not installed (pip insta
 from flower_grid import NODE0, K, ProcessGrid, make_partition_file, make_site, run_config, same_run  # noqa: E402
 
 from fedmic.methods import METHODS  # noqa: E402
-from fedmic.engine import DivergenceError, Simulation, dropped_clients, sample_clients  # noqa: E402
-from fedmic.flower.server_app import FlowerRun, Options, SiteFailure  # noqa: E402
+from fedmic.engine import Simulation  # noqa: E402
+from fedmic.flower.server_app import Options, SiteFailure, flower_run  # noqa: E402
+from fedmic.simulation.loop import DivergenceError, Run, dropped_clients, run_rounds, sample_clients  # noqa: E402
 from conftest import DATA  # noqa: E402
 
 
@@ -54,11 +55,11 @@ def grid(site_workers, request):
     site_workers.faults = set()
 
 
-def flower(cfg, part, out: Path, grid, **opts) -> FlowerRun:
+def flower(cfg, part, out: Path, grid, **opts) -> Run:
     """A run of fedmic's ServerApp logic over `grid` (polling fast: the sites answer in milliseconds)."""
-    run = FlowerRun(cfg, Options(config="", partition=str(part), out=str(out), data_root=str(DATA), poll=0.01,
-                                 retry_wait=0.05, **opts), grid)
-    run.run(out)
+    run = flower_run(cfg, Options(config="", partition=str(part), out=str(out), data_root=str(DATA), poll=0.01,
+                                  retry_wait=0.05, **opts), grid)
+    run_rounds(run, out)
     return run
 
 
@@ -81,7 +82,7 @@ def test_every_method_equals_the_engine(method, part, grid, tmp_path):
     # each client that trained kept its state on its own site's disk
     trained = {c for h in history for c in h["sampled"]}
     for c in trained:
-        folder = Path(grid.node_configs[c]["state-dir"]) / run.clients[c]["run"] / f"client{c}"
+        folder = Path(grid.node_configs[c]["state-dir"]) / run.clients.known[c]["run"] / f"client{c}"
         last = max(h["round"] for h in history if c in h["sampled"])
         assert sorted(p.name for p in folder.iterdir())[-1] == f"round{last:05d}.pt"
 
@@ -150,7 +151,7 @@ def test_a_resumed_server_continues_with_the_sites_states(part, grid, tmp_path):
 
     # a site whose state folder is gone cannot continue: the server stops instead of letting it
     # restart its teacher from scratch
-    run = again.clients[0]["run"]
+    run = again.clients.known[0]["run"]
     victim = min(first["history"][0]["sampled"])
     shutil.rmtree(Path(grid.node_configs[victim]["state-dir"]) / run)
     with pytest.raises(SiteFailure, match=rf"client {victim} sent its update of round 1, but its state folder "
@@ -263,3 +264,13 @@ def test_the_core_package_runs_without_flower(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'serverapp = "fedmic.flower.server_app:app"' in (tmp_path / "pyproject.toml").read_text()
+
+
+def test_the_flower_apps_import_no_command_line_code():
+    """The ServerApp and ClientApp run in Flower's processes: they import the run's code
+    (fedmic.simulation, fedmic.config), never a command line's (fedmic.cli, fedmic.flower.cli)."""
+    code = ("import sys, fedmic.flower.server_app, fedmic.flower.client_app\n"
+            "print(sorted(m for m in sys.modules if m.startswith('fedmic') and m.split('.')[-1] == 'cli'))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"

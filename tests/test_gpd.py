@@ -168,7 +168,7 @@ def test_engine_run_global_model_equals_every_clients_rebuild(method, partition,
              if "catch_up" in sent[(h["round"], c)].meta]
     assert later and all(b < dense / 10 for b in later)
     assert all(0 < b < dense / 10 for h in res["history"] for b in h["uplink_bytes"])
-    for cid, state in enumerate(sim.clients):
+    for cid, state in enumerate(sim.clients.states):
         start, _ = algo.channel.rebuild(state.get("held"), algo.downlink(server, cfg.rounds + 1, cid))
         assert same(start, server["global"]), cid
     scored = algo.global_model(server).state_dict()

@@ -200,7 +200,8 @@ def test_the_algorithm_receives_its_hyperparameters_once(monkeypatch):
     """The engine resolves a run's hyperparameters once and hands them to the constructor; no
     algorithm resolves them again or reads them by string key."""
     import torch
-    from fedmic import config, engine
+    from fedmic import config
+    from fedmic.simulation.setup import make_algorithm
     from fedmic.algorithms import Context, get_algorithm
     for path in (REPO / "fedmic" / "algorithms").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -215,7 +216,7 @@ def test_the_algorithm_receives_its_hyperparameters_once(monkeypatch):
     calls.clear()
     ctx = Context(model="cnn", in_channels=1, n_classes=2, image_size=28, device=torch.device("cpu"), rounds=2,
                   local_epochs=1, batch_size=8, lr=0.05)
-    algo = engine.make_algorithm(cfg, ctx)
+    algo = make_algorithm(cfg, ctx)
     assert calls == ["fedmic"] and algo.hp.tau == 4.0 and algo.hp == cfg.resolved_hp()
     with pytest.raises(TypeError, match=r"FedMIC takes resolve_hp\('fedmic', ...\), got dict"):
         get_algorithm("fedmic")(ctx, {"tau": 4.0})

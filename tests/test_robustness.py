@@ -12,19 +12,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from fedmic import engine, utils
-from fedmic.algorithms import get_algorithm
+from fedmic import utils
 from fedmic.algorithms.fedavg import FedAvg
 from fedmic.cli import main as cli_main
 from fedmic.comm import dense_payload
 from fedmic.config import RunConfig
 from fedmic.data.medmnist import load_dataset
 from fedmic.data.partition import make_partition, save_partition
-from fedmic.engine import CheckpointError, DivergenceError, Simulation
+from fedmic.engine import Simulation
+from fedmic.simulation import checkpoint, loop, setup
+from fedmic.simulation.checkpoint import CheckpointError, save_checkpoint
+from fedmic.simulation.clients import tensors
+from fedmic.simulation.loop import DivergenceError
+from fedmic.simulation.record import timing_path
 from fedmic.models import build_model
 from conftest import DATA
 
@@ -152,26 +155,26 @@ class NoisyFedAvg(FedAvg):
 
 
 def test_resume_after_crash_is_exact_even_with_global_rng(part, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "get_algorithm", lambda name: NoisyFedAvg)
+    monkeypatch.setattr(setup, "get_algorithm", lambda name: NoisyFedAvg)
     c = cfg(rounds=2, checkpoint_every=1)
     ref = run(c, part, tmp_path / "ref.json")
 
     out = tmp_path / "run.json"
-    real_eval = Simulation.evaluate
+    real_eval = loop.evaluate
     crashed = {}
 
-    def crash_in_round_2(self):
-        if len(self.history) == 1:  # round 1 done and checkpointed
+    def crash_in_round_2(run, rnd):
+        if rnd == 2:  # round 1 done and checkpointed
             crashed["yes"] = True
             raise KeyboardInterrupt
-        return real_eval(self)
+        return real_eval(run, rnd)
 
-    monkeypatch.setattr(Simulation, "evaluate", crash_in_round_2)
+    monkeypatch.setattr(loop, "evaluate", crash_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         Simulation(c, part, DATA).run(out)
     assert crashed and not out.exists()
     assert (tmp_path / "run.json.ckpt").exists()
-    monkeypatch.setattr(Simulation, "evaluate", real_eval)
+    monkeypatch.setattr(loop, "evaluate", real_eval)
     sim = Simulation(c, part, DATA)
     sim.run(out)
     assert sim.start_round == 2
@@ -181,7 +184,7 @@ def test_resume_after_crash_is_exact_even_with_global_rng(part, tmp_path, monkey
 def test_checkpoint_of_another_config_is_refused(part, tmp_path):
     out = tmp_path / "run.json"
     a = Simulation(cfg(lr=0.05), part, DATA)
-    a.save_checkpoint(out, 1)
+    save_checkpoint(a, out, 1)
     ck = tmp_path / "run.json.ckpt"
     before = ck.read_bytes()
     with pytest.raises(CheckpointError, match=r"written by another configuration.*delete it to start this configuration from round 1"):
@@ -229,7 +232,7 @@ def test_memory_format_is_a_storage_choice_not_a_method_change(part, tmp_path, m
         assert conv.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
         out = tmp_path / f"{fmt}.json"
         sim.run(out)
-        assert json.loads(engine.timing_path(out).read_text())["env"]["memory_format"] == fmt
+        assert json.loads(timing_path(out).read_text())["env"]["memory_format"] == fmt
         runs[fmt] = json.loads(out.read_text())
         assert runs[fmt]["env"]["memory_format"] == fmt
     assert runs["channels_last"]["config"] == runs["contiguous"]["config"]
@@ -305,7 +308,7 @@ def test_atomic_open_is_all_or_nothing_with_umask_permissions(tmp_path):
 def test_failed_checkpoint_write_keeps_the_previous_one(part, tmp_path, monkeypatch):
     sim = Simulation(cfg(), part, DATA)
     out = tmp_path / "run.json"
-    sim.save_checkpoint(out, 1)
+    save_checkpoint(sim, out, 1)
     ck = tmp_path / "run.json.ckpt"
     old = ck.read_bytes()
 
@@ -313,9 +316,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(part, tmp_path, monkeypa
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(engine.torch, "save", half_then_fail)
+    monkeypatch.setattr(checkpoint.torch, "save", half_then_fail)
     with pytest.raises(CheckpointError, match=rf"round 2: cannot write the checkpoint, {ck}: disk full; the run stopped"):
-        sim.save_checkpoint(out, 2)
+        save_checkpoint(sim, out, 2)
     assert ck.read_bytes() == old and leftovers(tmp_path) == []
 
 
@@ -330,7 +333,7 @@ class NaNForClient2(FedAvg):
 
 
 def test_nonfinite_update_stops_run_naming_round_client_tensor(part, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "get_algorithm", lambda name: NaNForClient2)
+    monkeypatch.setattr(setup, "get_algorithm", lambda name: NaNForClient2)
     out = tmp_path / "run.json"
     with pytest.raises(DivergenceError, match=r"round 1, client 2: tensor 'head.bias' has non-finite values.*on_nonfinite: skip"):
         Simulation(cfg(), part, DATA).run(out)
@@ -338,7 +341,7 @@ def test_nonfinite_update_stops_run_naming_round_client_tensor(part, tmp_path, m
 
 
 def test_nonfinite_update_skipped_and_counted(part, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "get_algorithm", lambda name: NaNForClient2)
+    monkeypatch.setattr(setup, "get_algorithm", lambda name: NaNForClient2)
     seen = []
     real = NaNForClient2.aggregate
 
@@ -353,7 +356,7 @@ def test_nonfinite_update_skipped_and_counted(part, tmp_path, monkeypatch):
         assert h["skipped"] == [2] and h["aggregated"] == K - 1
         assert h["uplink_bytes"][h["sampled"].index(2)] == 0  # a discarded update is not counted as sent
     assert res["summary"]["skipped_total"] == 2
-    assert seen == [[sim.n_train[c] for c in (0, 1, 3)]] * 2  # the other three were averaged
+    assert seen == [[sim.data.n_train[c] for c in (0, 1, 3)]] * 2  # the other three were averaged
     assert all(torch.isfinite(v).all() for v in sim.server["global"].values())
     for who in ("personal", "global"):
         assert all(isinstance(res["summary"][who][k], float) and math.isfinite(res["summary"][who][k])
@@ -394,7 +397,7 @@ def test_dropped_uploads_counted_and_rest_aggregated(part, tmp_path, monkeypatch
     for h, w in zip(res["history"], seen):
         assert len(h["dropped"]) == 2 and set(h["dropped"]) <= set(h["sampled"])
         assert h["aggregated"] == len(h["sampled"]) - len(h["dropped"]) - len(h["skipped"]) == 2
-        assert w == sorted(sim.n_train[c] for c in h["sampled"] if c not in h["dropped"])
+        assert w == sorted(sim.data.n_train[c] for c in h["sampled"] if c not in h["dropped"])
     assert res["summary"]["dropped_total"] == 6
     assert len({tuple(h["dropped"]) for h in res["history"]}) > 1  # a fresh draw each round
 
@@ -414,7 +417,7 @@ def test_round_dropping_everyone_keeps_global_model(part, tmp_path, method):
 # --------------------------------------------------------------------------- memory bound
 
 def tensor_bytes(obj) -> int:
-    return sum(t.numel() * t.element_size() for _, t in engine._tensors(obj))
+    return sum(t.numel() * t.element_size() for _, t in tensors(obj))
 
 
 def test_fedmic_client_state_is_teacher_aux_matrices_and_global_copy(part, tmp_path):
@@ -426,7 +429,7 @@ def test_fedmic_client_state_is_teacher_aux_matrices_and_global_copy(part, tmp_p
     size = lambda m: sum(v.numel() * v.element_size() for v in m.state_dict().values())
     teacher, student = build_model("cnn", 1, 2, 0.5), build_model("cnn", 1, 2, 0.25)
     bound = size(teacher) + 2 * teacher.rep_dim * student.rep_dim * 4
-    assert [tensor_bytes(s) for s in sim.clients] == [bound] * K
+    assert [tensor_bytes(s) for s in sim.clients.states] == [bound] * K
     res = sim.run(tmp_path / "run.json")
     trained = set(res["history"][0]["sampled"])
-    assert [tensor_bytes(s) for s in sim.clients] == [bound + size(student) * (c in trained) for c in range(K)]
+    assert [tensor_bytes(s) for s in sim.clients.states] == [bound + size(student) * (c in trained) for c in range(K)]

@@ -18,7 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fedmic.config import RunConfig
 from fedmic.data.medmnist import load_dataset
 from fedmic.data.partition import make_partition, save_partition
-from fedmic.engine import Simulation, timing_path
+from fedmic.engine import Simulation
+from fedmic.simulation import loop
+from fedmic.simulation.record import timing_path
 from conftest import DATA, REPO
 
 FLAG = "breastmnist"
@@ -112,18 +114,18 @@ def test_resumed_run_has_one_value_per_round(part, tmp_path, monkeypatch, caplog
     the first attempt are replaced, and the first line after the resume carries round 2's ACC."""
     out, tb = tmp_path / "run.json", tmp_path / "tb"
     c = cfg(checkpoint_every=2)
-    real = Simulation.local_round
+    real = loop.train_round
 
-    def dies_in_round_4(self, rnd, *a):
+    def dies_in_round_4(run, rnd, *a):
         if rnd == 4:
             raise KeyboardInterrupt  # a killed job
-        return real(self, rnd, *a)
+        return real(run, rnd, *a)
 
-    monkeypatch.setattr(Simulation, "local_round", dies_in_round_4)
+    monkeypatch.setattr(loop, "train_round", dies_in_round_4)
     with pytest.raises(KeyboardInterrupt):
         Simulation(c, part, DATA).run(out, tensorboard=tb)
     assert [s for s, _ in scalars(tb)["bytes/uplink"]] == [1, 2, 3]
-    monkeypatch.setattr(Simulation, "local_round", real)
+    monkeypatch.setattr(loop, "train_round", real)
     caplog.set_level(logging.INFO, logger="fedmic.engine")
     Simulation(c, part, DATA).run(out, tensorboard=tb)
     run, timing = json.loads(out.read_text()), json.loads(timing_path(out).read_text())

@@ -1,6 +1,7 @@
-"""The one Flower ServerApp of every fedmic method: the engine's own round loop
-(fedmic.engine.Simulation: sampling, drops, the non-finite policy, aggregation, evaluation,
-checkpoints, the run JSON) with its clients behind Flower messages instead of in this process.
+"""The one Flower ServerApp of every fedmic method: the round loop of `fedmic train`
+(fedmic/simulation/loop.py: sampling, drops, the non-finite policy, aggregation, evaluation,
+checkpoints, the run JSON) with its clients behind Flower messages (FlowerClients, an
+implementation of the loop's Clients seam) instead of in this process.
 
 Run config keys (`flwr run ... --run-config 'config="/abs/run.yaml" ...'`), paths on the coordinator
 (absolute, or relative to the SuperLink's working directory, where the ServerApp runs):
@@ -35,7 +36,8 @@ from flwr.supercore.version import package_version as flwr_version
 
 from ..comm import Payload
 from ..config import RunConfig
-from ..engine import ClientReply, Simulation
+from ..simulation.clients import ClientReply
+from ..simulation.loop import Run, run_rounds
 from .records import get_json, get_payload, put_json, put_payload
 from .site import file_sha256, software
 
@@ -111,12 +113,21 @@ def wire_counts(path: str | None) -> dict | None:
         return None
 
 
-class FlowerRun(Simulation):
-    """A run whose clients are sites reached through a Flower Grid."""
+def flower_run(cfg: RunConfig, opts: Options, grid: Grid) -> Run:
+    """The ServerApp's run: the round loop's state with its clients at the sites reached through
+    `grid`, once every site has connected."""
+    run = Run(cfg, opts.partition, opts.data_root, lambda cfg, algo, data: FlowerClients(cfg, opts, grid, data.device))
+    run.clients.connect()
+    return run
 
-    def __init__(self, cfg: RunConfig, opts: Options, grid: Grid):
-        self.grid, self.opts = grid, opts
-        super().__init__(cfg, opts.partition, opts.data_root)
+
+class FlowerClients:
+    """The run's clients as sites reached through a Flower Grid (the loop's Clients seam,
+    fedmic/simulation/clients.py): each round's training and each evaluation is one exchange of
+    messages; the sites keep their states, the server only what it knows of each (`known`)."""
+
+    def __init__(self, cfg: RunConfig, opts: Options, grid: Grid, device):
+        self.cfg, self.opts, self.grid, self.device = cfg, opts, grid, device
         self.task = {"config": cfg.to_dict(), "partition": Path(opts.partition).name,
                      "partition_sha256": file_sha256(opts.partition)}
         self.nodes: dict[int, int] = {}       # client id -> Flower node id
@@ -129,23 +140,64 @@ class FlowerRun(Simulation):
         self.transport: list[dict] = []
         self.sent = 0                     # bytes of the messages and replies of this round
         self.wire = wire_counts(opts.wire_counts)
-        deadline = time.monotonic() + opts.join_timeout
-        while len(self.nodes) < cfg.clients:
+        self.known: list[dict] = []
+
+    def connect(self) -> None:
+        """Wait until a site holds every partition-id (join-timeout)."""
+        deadline = time.monotonic() + self.opts.join_timeout
+        while len(self.nodes) < self.cfg.clients:
             if time.monotonic() > deadline:
-                missing = sorted(set(range(cfg.clients)) - set(self.nodes))
-                raise SiteFailure(f"after {opts.join_timeout:.0f} s, no SuperNode with partition-id {missing} "
+                missing = sorted(set(range(self.cfg.clients)) - set(self.nodes))
+                raise SiteFailure(f"after {self.opts.join_timeout:.0f} s, no SuperNode with partition-id {missing} "
                                   "has connected; start them (docs/deploy.md) or raise join-timeout")
             self.discover()
-            time.sleep(opts.poll)
-        log.info("all %d sites connected: %s", cfg.clients, self.nodes)
+            time.sleep(self.opts.poll)
+        log.info("all %d sites connected: %s", self.cfg.clients, self.nodes)
 
-    def init_clients(self) -> list:
+    # --- the Clients seam ---------------------------------------------------------------
+    def init(self) -> None:
         # What the server knows of each client, checkpointed with the run and sent in every task:
         # the last round whose update it received (a site holding an older state has lost rounds),
         # and the run's name, under which the sites keep their states (a resumed run keeps it, a
         # new run of the same config starts from fresh states).
         run = f"{self.cfg.arm}-{self.cfg.fingerprint()}-{uuid.uuid4().hex[:8]}"
-        return [{"committed": 0, "run": run} for _ in range(self.cfg.clients)]
+        self.known = [{"committed": 0, "run": run} for _ in range(self.cfg.clients)]
+
+    def saved(self) -> list[dict]:
+        return self.known
+
+    def restore(self, saved: list[dict]) -> None:
+        self.known = saved
+
+    def train(self, rnd: int, sampled: list[int], downlink) -> dict[int, ClientReply]:
+        self.round_start(rnd)
+        got = self.exchange("train", rnd, {c: self.task_content(rnd, c, "down", downlink(c)) for c in sampled})
+        replies = {}
+        for c, content in got.items():
+            result = get_json(content, "result")
+            if result["problem"] is None:
+                self.known[c]["committed"] = rnd
+                replies[c] = ClientReply(get_payload(content, "up", self.device), result["info"])
+            else:
+                replies[c] = ClientReply(None, None, result["problem"])
+        return replies
+
+    def predict(self, rnd: int, shared: Payload) -> list[dict]:
+        got = self.exchange("evaluate", rnd, {c: self.task_content(rnd, c, "shared", shared)
+                                              for c in range(self.cfg.clients)})
+        if missing := sorted(set(range(self.cfg.clients)) - set(got)):
+            raise SiteFailure(f"evaluation of round {rnd}: no predictions from clients {missing}; every site is "
+                              "scored: restart them, and the run resumes from its last checkpoint")
+        return [{s: a.numpy() for s, a in got[c].array_records["pred"].items()} for c in range(self.cfg.clients)]
+
+    def report(self) -> dict:
+        self.round_start(0)
+        return {"transport": {
+            "runtime": "flower-deployment", "flwr": flwr_version, "rounds": self.transport,
+            "wire": "bytes through the counting proxy in front of the SuperLink (up: SuperNodes to SuperLink), "
+                    "TLS and HTTP included" if self.opts.wire_counts else None,
+            "message_bytes": "bytes of the Flower messages and replies (records as serialised), evaluation "
+                             "predictions and settings included"}}
 
     def message_deadline(self, kind: str) -> float:
         """Seconds a message of `kind` may go unanswered before it is sent again."""
@@ -299,31 +351,8 @@ class FlowerRun(Simulation):
     def task_content(self, rnd: int, cid: int, name: str, payload: Payload) -> RecordDict:
         content = RecordDict()
         put_payload(content, name, payload)
-        put_json(content, "task", **self.task, round=rnd, cid=cid, **self.clients[cid])
+        put_json(content, "task", **self.task, round=rnd, cid=cid, **self.known[cid])
         return content
-
-    # --- the engine's two client hooks ---------------------------------------------------
-    def train_clients(self, rnd: int, sampled: list[int], downlink) -> dict[int, ClientReply]:
-        self.round_start(rnd)
-        got = self.exchange("train", rnd, {c: self.task_content(rnd, c, "down", downlink(c)) for c in sampled})
-        replies = {}
-        for c, content in got.items():
-            result = get_json(content, "result")
-            if result["problem"] is None:
-                self.clients[c]["committed"] = rnd
-                replies[c] = ClientReply(get_payload(content, "up", self.device), result["info"])
-            else:
-                replies[c] = ClientReply(None, None, result["problem"])
-        return replies
-
-    def client_predictions(self, shared: Payload) -> list[dict]:
-        rnd = len(self.history) + 1  # evaluate() runs before the round joins the history
-        got = self.exchange("evaluate", rnd, {c: self.task_content(rnd, c, "shared", shared)
-                                              for c in range(self.cfg.clients)})
-        if missing := sorted(set(range(self.cfg.clients)) - set(got)):
-            raise SiteFailure(f"evaluation of round {rnd}: no predictions from clients {missing}; every site is "
-                              "scored: restart them, and the run resumes from its last checkpoint")
-        return [{s: a.numpy() for s, a in got[c].array_records["pred"].items()} for c in range(self.cfg.clients)]
 
     # --- what the transport moved ---------------------------------------------------------
     def round_start(self, rnd: int) -> None:
@@ -338,25 +367,6 @@ class FlowerRun(Simulation):
         if rnd:
             self.transport.append({"round": rnd})
 
-    def result(self) -> dict:
-        self.round_start(0)
-        res = super().result()
-        res["transport"] = {
-            "runtime": "flower-deployment", "flwr": flwr_version, "rounds": self.transport,
-            "wire": "bytes through the counting proxy in front of the SuperLink (up: SuperNodes to SuperLink), "
-                    "TLS and HTTP included" if self.opts.wire_counts else None,
-            "message_bytes": "bytes of the Flower messages and replies (records as serialised), evaluation "
-                             "predictions and settings included"}
-        return res
-
-    def param_counts(self) -> dict:
-        # The server holds no client state: count a fresh one (the shapes are what is counted).
-        bookkeeping, self.clients = self.clients, [self.algo.init_client(0)]
-        try:
-            return super().param_counts()
-        finally:
-            self.clients = bookkeeping
-
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
@@ -368,7 +378,7 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("fedmic").setLevel(logging.INFO)
     opts = Options.from_run_config(dict(context.run_config))
     try:
-        FlowerRun(load_run_config(opts.config, []), opts, grid).run(opts.out)
+        run_rounds(flower_run(load_run_config(opts.config, []), opts, grid), opts.out)
     except SiteFailure as e:
         log.error("%s", e)  # the one line to read in Flower's traceback below
         raise

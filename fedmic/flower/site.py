@@ -1,12 +1,13 @@
 """One site of a deployed run: its own data, the algorithm, and its persistent state on its own disk.
 
 Flower may run every message in a fresh process, so nothing survives a message in memory: each
-one rebuilds the algorithm from the run config under the run's seed (fedmic.engine.make_algorithm)
-and reads the site's state from its state folder. After a round the new state is written
-atomically (fedmic.utils.atomic_open) as one snapshot per round, so a SuperNode killed at any
-moment and started again continues from its last committed round. The round's work is a
-function of (seed, round, client) and of the state it starts from, so a message delivered twice
-gives the same reply twice. No Flower import here: the bridge is fedmic/flower/client_app.py.
+one rebuilds the algorithm from the run config under the run's seed
+(fedmic.simulation.setup.make_algorithm) and reads the site's state from its state folder.
+After a round the new state is written atomically (fedmic.utils.atomic_open) as one snapshot
+per round, so a SuperNode killed at any moment and started again continues from its last
+committed round. The round's work is a function of (seed, round, client) and of the state it
+starts from, so a message delivered twice gives the same reply twice. No Flower import here:
+the bridge is fedmic/flower/client_app.py.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 from ..algorithms import ClientData
 from ..comm import Payload
 from ..config import RunConfig
-from ..engine import (ClientReply, client_update, init_client_state, load_partitioned, make_algorithm, make_context,
-                      personal_predictions, resolve_device)
+from ..simulation.clients import ClientReply, client_update, init_client_state, personal_predictions
+from ..simulation.setup import load_partitioned, make_algorithm, make_context, resolve_device
 from ..utils import atomic_open
 
 SNAPSHOT = re.compile(r"round(\d{5})\.pt")
@@ -121,7 +122,8 @@ class Site:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         data, part, split = load_partitioned(cfg, path, str(data_dir))
-        # the same gathers as the engine's, so the site trains and predicts on identical tensors
+        # the same gathers as a run in one process (fedmic.simulation.setup.place_data), so the
+        # site trains and predicts on identical tensors
         x = {s: split[s][0].to(self.device) for s in split}
         y = {s: split[s][1].to(self.device) for s in split}
         idx = {s: torch.as_tensor(np.asarray(part.indices[s][cid], dtype=np.int64), device=self.device) for s in split}
