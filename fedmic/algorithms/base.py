@@ -16,7 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 from torch.optim.sgd import sgd
 
-from ..comm import Payload, Upload, dense_payload, unpack_dense, weighted_average  # noqa: F401  (Upload: the engine's)
+from ..comm import Payload, Upload, dense_payload, unpack_dense, weighted_average
 from ..methods import HyperParameters, Method, get_method
 from ..models import SplitModel, build_model
 

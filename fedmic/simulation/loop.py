@@ -11,8 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..algorithms.base import Upload
-from ..comm import kept_ranks
+from ..comm import Upload, kept_ranks
 from ..config import RunConfig
 from ..utils import derive_seed
 from ..watch import RoundWatch
