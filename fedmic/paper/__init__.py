@@ -254,6 +254,11 @@ def options(config: dict, name: str) -> dict:
     return outputs()[short(name)].resolved(config)
 
 
+def runs(config: dict, name: str) -> list:
+    """The runs output `name` reads for this config."""
+    return outputs()[short(name)].runs(config)
+
+
 def section(name: str) -> str:
     """Where output `name` (or the module named `name`) is configured: tables.t4, figures.f3."""
     return outputs()[short(name)].section
