@@ -317,10 +317,17 @@ def build(kind: str, name: str, inputs: Sequence[str | Path], out_stem: str | Pa
 
 
 def check_options(out: Output, options: Mapping) -> None:
+    """Refuse options as the config check would: the output's section of the schema. An
+    installed package has no workflow/schemas/ beside it (the workflow that runs it checked its
+    config, options included, against its own); options that refer to the schema's shared
+    definitions (datasets, arms, ...) are then checked for their names only."""
     from fedmic import schema
 
-    section = {**schema_properties()[f"{out.kind}s"]["properties"][out.name],
-               "definitions": schema.load_schema()["definitions"]}
+    section = schema_properties()[f"{out.kind}s"]["properties"][out.name]
+    if schema.SCHEMA_FILE.exists():
+        section = {**section, "definitions": schema.load_schema()["definitions"]}
+    else:
+        section = {**section, "properties": {k: ({} if "$ref" in v else v) for k, v in section["properties"].items()}}
     if problem := schema.config_problem(dict(options), section):
         where = problem.replace("the config's top level", "its section")
         raise ValueError(f"--options of {out.kind} {out.name}: {where}")
@@ -374,9 +381,8 @@ def target_problem(config: dict, targets: list[str]) -> str | None:
     return None
 
 
-def base_of(config: dict, out_name: str, methods: Sequence[str]) -> str:
-    """The arm T5/T6 vary (their `base` option): one of `methods`' arms, running one of `methods`
-    (one declaration, BASE_METHODS, for this check and for the rows the table keeps)."""
+def base_of(config: dict, out_name: str) -> str:
+    """The arm an output varies (its `base` option, T5's and T6's): an arm under `methods`."""
     out = outputs()[short(out_name)]
     base = out.resolved(config)["base"]
     if base not in config["methods"]:
@@ -387,6 +393,8 @@ def base_of(config: dict, out_name: str, methods: Sequence[str]) -> str:
 
 
 def check_base_method(config: dict, out_name: str, base: str, method: str, methods: Sequence[str]) -> None:
+    """The base arm runs one of `methods`: the module's BASE_METHODS, one declaration for this
+    check and for the rows its table keeps (runs_of_methods)."""
     if method not in methods:
         out = outputs()[short(out_name)]
         raise ConfigError(f"{out.section}.base: the arm {base!r} runs method {method}, and {out.name} reads "
@@ -462,7 +470,8 @@ def docs_listing() -> str:
             if getattr(o.module, "APPLIES", None):
                 reads += f" (built only {o.module.APPLIES})"
             for i, opt in enumerate(o.options):
-                head = (f"`{o.name}` (`snakemake {o.target}`)", caption_title(o.caption), reads) if i == 0 else ("", "", "")
+                first = (f"`{o.name}` (`snakemake {o.target}`)", caption_title(o.caption), reads)
+                head = first if i == 0 else ("", "", "")
                 meaning = opt.meaning.replace("|", "\\|")
                 rows.append(f"| {' | '.join(head)} | `{opt.name}` | {opt.default_words()} | {meaning} |")
         rows.append("")

@@ -6,7 +6,7 @@ import pandas as pd
 from fedmic import grid, paper
 from fedmic.paper import t2
 from fedmic.report import views as v
-from fedmic.report.figures import ACC_LABEL, arm_panels, finish, floor_line, line, seed_stats, round_axis, styles
+from fedmic.report.figures import ACC_LABEL, arm_panels, finish, floor_line, line, round_axis, seed_stats, styles
 
 KIND = "figure"
 ORDER = 4

@@ -10,7 +10,7 @@ from fedmic import grid, paper
 from fedmic.methods import METHODS
 from fedmic.paper import t2
 from fedmic.report import views as v
-from fedmic.report.figures import MARKERS, PALETTE, RANK_LABEL, finish, subplots, round_axis, setting_text
+from fedmic.report.figures import MARKERS, PALETTE, RANK_LABEL, finish, round_axis, setting_text, subplots
 
 log = logging.getLogger("fedmic.report")
 

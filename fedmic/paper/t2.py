@@ -7,7 +7,9 @@ import pandas as pd
 
 from fedmic import grid, paper
 from fedmic.report import views as v
-from fedmic.report.tables import Rows, Table, NA, PRIOR_FLOOR, GLOBAL_FLOOR, personal_runs, select_text, seed_span, floor_rows, auc_clients
+from fedmic.report.tables import (
+    GLOBAL_FLOOR, NA, PRIOR_FLOOR, Rows, Table, auc_clients, floor_rows, personal_runs, seed_span, select_text
+)
 
 KIND = "table"
 ORDER = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fedmic import grid, paper
-from fedmic.report.tables import Table, PRIOR_FLOOR, select_text, seed_span, pivot
+from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, seed_span, select_text
 
 KIND = "table"
 ORDER = 3
@@ -17,7 +17,8 @@ OPTIONS = (
     *paper.axes("the participation study"),
     paper.arm_list("arms compared"),
     paper.Option("join_ratios", {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                                 "minItems": 1}, "fractions of clients sampled per round", default=[0.1, 0.2, 0.5, 1.0]),
+                                 "minItems": 1},
+                 "fractions of clients sampled per round", default=[0.1, 0.2, 0.5, 1.0]),
     paper.Option("clients", {"type": "integer", "minimum": 2}, "clients of the low-participation runs",
                  default_from=grid.default_clients, default_text="train.clients"),
     paper.Option("scale_rounds", {"type": "boolean"},

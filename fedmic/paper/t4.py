@@ -10,7 +10,7 @@ from fedmic import grid, paper
 from fedmic.paper import t2
 from fedmic.report import views as v
 from fedmic.report.io import mean_std
-from fedmic.report.tables import Rows, Table, NA, GLOBAL_FLOOR, mb_text
+from fedmic.report.tables import GLOBAL_FLOOR, NA, Rows, Table, mb_text
 
 KIND = "table"
 ORDER = 4

@@ -5,7 +5,7 @@ import pandas as pd
 
 from fedmic import grid, paper
 from fedmic.report import views as v
-from fedmic.report.tables import Rows, Table, PRIOR_FLOOR, PRIOR, personal_runs, select_text, floor_rows
+from fedmic.report.tables import PRIOR, PRIOR_FLOOR, Rows, Table, floor_rows, personal_runs, select_text
 
 KIND = "table"
 ORDER = 5
@@ -33,12 +33,12 @@ def arms(config: dict) -> dict[str, dict]:
 
 
 def arm_origin(config: dict, arm: str) -> str:
-    return f"tables.t5.arms.{arm}"
+    return f"{paper.section(__name__)}.arms.{arm}"
 
 
 def runs(config: dict) -> list[grid.RunKey]:
     o = paper.options(config, __name__)
-    base = paper.base_of(config, __name__, BASE_METHODS)
+    base = paper.base_of(config, __name__)
     paper.check_base_method(config, __name__, base, grid.base_arms(config)[base]["method"], BASE_METHODS)
     return grid.main_runs(config, o["datasets"], o["lams"], [base, *arms(config)], o["seeds"])
 

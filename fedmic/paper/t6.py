@@ -1,13 +1,14 @@
 """Table T6: sensitivity of FedMIC to one hyperparameter at a time."""
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 
 from fedmic import grid, paper
 from fedmic.config import ConfigError
 from fedmic.report import views as v
-from fedmic.report.tables import Rows, Table, PRIOR_FLOOR, personal_runs, select_text, floor_rows, fmt_num
-import copy
+from fedmic.report.tables import PRIOR_FLOOR, Rows, Table, floor_rows, fmt_num, personal_runs, select_text
 
 KIND = "table"
 ORDER = 6
@@ -32,7 +33,8 @@ OPTIONS = (
 # the parameters of the study; the energy schedule is one parameter of two hyperparameters
 SENSITIVITY = {"energy (E_start→E_end)": ("energy_start", "energy_end"), "τ": ("tau",), "α": ("alpha",),
                "β": ("beta",)}
-PARAMS = {"energy": ("energy_start", "energy_end"), "tau": ("tau",), "alpha": ("alpha",), "beta": ("beta",)}
+# their names under tables.t6.values, in the same order
+PARAMS = dict(zip(("energy", "tau", "alpha", "beta"), SENSITIVITY.values()))
 
 
 def arms(config: dict) -> dict[str, dict]:
@@ -40,7 +42,7 @@ def arms(config: dict) -> dict[str, dict]:
     from fedmic.methods import METHODS
 
     values = paper.options(config, __name__)["values"]
-    base = paper.base_of(config, __name__, BASE_METHODS)
+    base = paper.base_of(config, __name__)
     spec = grid.base_arms(config)[base]
     out = {}
     for param, listed in values.items():
@@ -67,12 +69,12 @@ def arms(config: dict) -> dict[str, dict]:
 
 
 def arm_origin(config: dict, arm: str) -> str:
-    return f"tables.t6 (a variant of {paper.base_of(config, 't6', BASE_METHODS)!r})"
+    return f"{paper.section(__name__)} (a variant of {paper.base_of(config, __name__)!r})"
 
 
 def runs(config: dict) -> list[grid.RunKey]:
     o = paper.options(config, __name__)
-    base = paper.base_of(config, __name__, BASE_METHODS)
+    base = paper.base_of(config, __name__)
     return grid.main_runs(config, o["datasets"], o["lams"], [base, *arms(config)], o["seeds"])
 
 

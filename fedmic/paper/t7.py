@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fedmic import grid, paper
-from fedmic.report.tables import Table, PRIOR_FLOOR, select_text, seed_span, pivot
+from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, seed_span, select_text
 
 KIND = "table"
 ORDER = 7

@@ -9,7 +9,7 @@ import pandas as pd
 from fedmic import grid, paper
 from fedmic.paper import t2
 from fedmic.report import views as v
-from fedmic.report.tables import Rows, Table, NA, mb_text, FLOAT32_BYTES
+from fedmic.report.tables import FLOAT32_BYTES, NA, Rows, Table, mb_text
 
 KIND = "table"
 ORDER = 8

@@ -6,7 +6,9 @@ import pandas as pd
 from fedmic import grid, paper
 from fedmic.paper import t2
 from fedmic.report import views as v
-from fedmic.report.tables import Rows, Table, PRIOR_FLOOR, GLOBAL_FLOOR, personal_runs, check_select, select_text, floor_rows
+from fedmic.report.tables import (
+    GLOBAL_FLOOR, PRIOR_FLOOR, Rows, Table, check_select, floor_rows, personal_runs, select_text
+)
 
 KIND = "table"
 ORDER = 9
