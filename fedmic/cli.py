@@ -139,14 +139,25 @@ def cmd_table(a):
     from .outputs import TABLE
     from .report import build_table
     check_report_outputs(a, TABLE, (".csv", ".md", ".tex"))
-    build_table(a.name, a.inputs, a.out, root=a.root, target=a.target)
+    build_table(a.name, a.inputs, a.out, root=a.root, options=a.options)
 
 
 def cmd_figure(a):
     from .outputs import FIGURE
     from .report import build_figure
     check_report_outputs(a, FIGURE, (".png", ".pdf"))
-    build_figure(a.name, a.inputs, a.out, root=a.root, target=a.target)
+    build_figure(a.name, a.inputs, a.out, root=a.root, options=a.options)
+
+
+def options_json(text: str) -> dict:
+    """--options: a JSON object (a table's or figure's config section)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object ({{\"name\": value, ...}}) is needed, got {text!r}")
+    return value
 
 
 def cmd_collect(a):
@@ -278,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--inputs", nargs="+", required=True)
         p.add_argument("--out", required=True, help="output stem (extensions are added)")
         p.add_argument("--root", help=root_help)
-        p.add_argument("--target", type=float, help="target accuracy for bytes-to-target")
+        p.add_argument("--options", type=options_json, default=None, metavar="JSON",
+                       help=f"the {name}'s options, as its config section {name}s.<name> (e.g. "
+                            f"'{{\"target\": 0.8}}' for table t4); docs/paper.md lists them")
         p.set_defaults(func=func)
     return ap
 

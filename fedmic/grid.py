@@ -1,11 +1,12 @@
-"""The experiment grid: which runs each table and figure needs, where every file lives.
+"""The experiment grid: arms, runs, where every file lives, what retrains a run.
 
-The workflow (workflow/rules/common.smk) only calls these functions, so the grid logic is
-tested here. A run is identified by (dataset, lam, clients, join_ratio, arm, seed); an arm is
-a named method variant (method + hyperparameters + training overrides). Runs are shared
-between tables: T2, T4, T8 and T9 read the same runs, and T3's join ratio 1.0 or T7's
-default client count are T2's runs again. The partition depends only on (dataset, lam,
-clients, partition seed), never on the method.
+The workflow (workflow/rules/common.smk) only calls these functions and fedmic.paper's, so
+the grid logic is tested here. A run is identified by (dataset, lam, clients, join_ratio,
+arm, seed); an arm is a named method variant (method + hyperparameters + training
+overrides). Which runs each table and figure reads is its module's (fedmic/paper/<name>.py),
+built with the helpers here; runs are shared between tables: T2, T4, T8 and T9 read the same
+runs, and T3's join ratio 1.0 or T7's default client count are T2's runs again. The
+partition depends only on (dataset, lam, clients, partition seed), never on the method.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import ast
 import copy
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,6 @@ from . import tuning
 from .config import ConfigError, RunConfig
 from .methods import METHODS
 
-TABLES = ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "tuning")
-FIGURES = ("f3", "learning_curves", "acc_vs_bytes", "svd_ranks")
-SENSITIVITY_PARAMS = ("energy", "tau", "alpha", "beta")
 
 
 @dataclass(frozen=True, order=True)
@@ -87,54 +84,6 @@ def base_arms(config: dict) -> dict[str, dict]:
             for name, spec in config["methods"].items()}
 
 
-def ablation_arms(config: dict) -> dict[str, dict]:
-    if not enabled(config, "t5"):
-        return {}
-    t5 = _section(config, "t5")
-    return {name: {"method": spec.get("method", "fedmic"), "hp": dict(spec.get("hp", {})),
-                   "train": dict(spec.get("train", {}))}
-            for name, spec in t5.get("arms", {}).items()}
-
-
-def sensitivity_arms(config: dict) -> dict[str, dict]:
-    """One arm per (parameter, value) of T6, named e.g. 'fedmic-tau4' or 'fedmic-energy0.9-0.95'."""
-    if not enabled(config, "t6"):
-        return {}
-    t6 = _section(config, "t6")
-    base = table_base(config, "t6")
-    spec = base_arms(config)[base]
-    arms = {}
-    for param, values in t6.get("values", {}).items():
-        if param not in SENSITIVITY_PARAMS:
-            raise ConfigError(f"tables.t6.values: unknown parameter {param!r}; choose from {', '.join(SENSITIVITY_PARAMS)}")
-        needed = ("energy_start", "energy_end") if param == "energy" else (param,)
-        if not set(needed) <= set(METHODS[spec["method"]].hp):
-            raise ConfigError(f"tables.t6.values.{param}: the base arm {base!r} (method {spec['method']}) has no "
-                              f"hyperparameter {' or '.join(needed)}; set tables.t6.base to a fedmic or fedkd arm")
-        for v in values:
-            arm = copy.deepcopy(spec)
-            if param == "energy":
-                if not (isinstance(v, (list, tuple)) and len(v) == 2):
-                    raise ConfigError(f"tables.t6.values.energy: each value must be a pair [E_start, E_end], got {v!r}")
-                arm["hp"].update(energy_start=float(v[0]), energy_end=float(v[1]))
-                name = f"{base}-energy{fmt(v[0])}-{fmt(v[1])}"
-            else:
-                arm["hp"][param] = float(v)
-                name = f"{base}-{param}{fmt(float(v))}"
-            arms[name] = arm
-    return arms
-
-
-def table_base(config: dict, table: str) -> str:
-    """The arm T5/T6 vary (tables.tN.base, default fedmic): it must be one of `methods`."""
-    base = _section(config, table).get("base", "fedmic")
-    if base not in config["methods"]:
-        raise ConfigError(f"tables.{table}.base: there is no arm {base!r} under methods (defined: "
-                          f"{', '.join(config['methods'])}); add one or set tables.{table}.base, "
-                          f"or switch the table off with tables.{table}.enabled: false")
-    return base
-
-
 def tuning_section(config: dict) -> dict:
     """The `tuning:` section, or {} when tuning is off (absent, or enabled: false)."""
     sec = config.get("tuning") or {}
@@ -183,9 +132,18 @@ def tuned_from(config: dict, arm: str) -> str | None:
     return all_arms(config).get(arm, {}).get("tuned_from")
 
 
+def output_arms(config: dict) -> list[tuple[object, dict[str, dict]]]:
+    """(output, its arms) for every enabled table or figure that defines arms beyond `methods`
+    (T5's ablations, T6's sensitivity variants)."""
+    from . import paper
+
+    return [(out, arms) for out in paper.enabled(config) if (arms := out.arms(config))]
+
+
 def all_arms(config: dict) -> dict[str, dict]:
     arms = base_arms(config)
-    for extra in (ablation_arms(config), sensitivity_arms(config), trial_arms(config), tuned_arms(config)):
+    extras = [a for _, a in output_arms(config)] + [trial_arms(config), tuned_arms(config)]
+    for extra in extras:
         for name, spec in extra.items():
             if name in arms and arms[name] != spec:
                 raise ConfigError(f"arm name {name!r} is defined twice with different settings; rename one")
@@ -193,109 +151,42 @@ def all_arms(config: dict) -> dict[str, dict]:
     return arms
 
 
-# --- runs ----------------------------------------------------------------------------------
-def _section(config: dict, name: str) -> dict:
-    return (config.get("tables") or {}).get(name) or (config.get("figures") or {}).get(name) or {}
-
-
-def _axes(config: dict, table: str) -> tuple[list, list, list]:
-    sec = _section(config, table)
-    return (sec.get("datasets", config["datasets"]), [float(x) for x in sec.get("lams", config["lams"])],
-            [int(s) for s in sec.get("seeds", config["seeds"])])
-
-
-def _default_clients(config) -> int:
+# --- runs ---------------------------------------------------------------------------------
+def default_clients(config) -> int:
     return int(config["train"].get("clients", 20))
 
 
-def _default_jr(config) -> float:
+def default_join_ratio(config) -> float:
     return float(config["train"].get("join_ratio", 1.0))
 
 
-def _check_arms(config, table, arms):
+def check_arms(config: dict, where: str, arms: list[str]) -> list[str]:
+    """`arms` (a table's list, at config key `where`) if every one is defined."""
     known = all_arms(config)
     for a in arms:
         if a not in known:
-            raise ConfigError(f"tables.{table}.arms: unknown arm {a!r}; defined arms: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}: unknown arm {a!r}; defined arms: {', '.join(sorted(known))}")
     return arms
 
 
-def table_runs(config: dict, table: str) -> list[RunKey]:
-    """The runs a table (or a figure built on T2's runs) reads."""
-    if table in ("t2", "t4", "t8", "t9", "learning_curves", "acc_vs_bytes", "svd_ranks"):
-        datasets, lams, seeds = _axes(config, "t2")
-        arms = _check_arms(config, "t2", _section(config, "t2").get("arms", list(config["methods"])))
-        if table == "svd_ranks":
-            arms = [a for a in arms if METHODS[all_arms(config)[a]["method"]].factorised]
-            if not arms:
-                raise ConfigError("figures.svd_ranks plots the upload ranks of fedkd or fedmic arms, and T2 has none; "
-                                  "add one, or set figures.svd_ranks.enabled: false")
-        return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
-                for d in datasets for l in lams for a in arms for s in seeds]
-    if table == "t3":
-        datasets, lams, seeds = _axes(config, "t3")
-        sec = _section(config, "t3")
-        arms = _check_arms(config, "t3", sec.get("arms", list(config["methods"])))
-        clients = int(sec.get("clients", _default_clients(config)))
-        return [RunKey(d, l, clients, float(j), a, s) for d in datasets for l in lams
-                for j in sec.get("join_ratios", [0.1, 0.2, 0.5, 1.0]) for a in arms for s in seeds]
-    if table == "t5":
-        datasets, lams, seeds = _axes(config, "t5")
-        arms = [table_base(config, "t5"), *ablation_arms(config)]
-        return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
-                for d in datasets for l in lams for a in arms for s in seeds]
-    if table == "t6":
-        datasets, lams, seeds = _axes(config, "t6")
-        arms = [table_base(config, "t6"), *sensitivity_arms(config)]
-        return [RunKey(d, l, _default_clients(config), _default_jr(config), a, s)
-                for d in datasets for l in lams for a in arms for s in seeds]
-    if table == "t7":
-        datasets, lams, seeds = _axes(config, "t7")
-        sec = _section(config, "t7")
-        arms = _check_arms(config, "t7", sec.get("arms", list(config["methods"])))
-        return [RunKey(d, l, int(k), _default_jr(config), a, s) for d in datasets for l in lams
-                for k in sec.get("clients", [10, 20, 50, 100]) for a in arms for s in seeds]
-    if table == "tuning":
-        return tuning_runs(config)
-    raise ConfigError(f"unknown table {table!r}; choose one of {', '.join(TABLES + FIGURES)}")
-
-
-def caption_title(caption: str) -> str:
-    """The title a report caption opens with, ``**Title.**`` (workflow/report/<item>.rst)."""
-    m = re.match(r"\s*\*\*(.+?)\.?\*\*", caption, re.S)
-    if not m:
-        raise ValueError(f"report caption has no bold title to open it: {caption[:60]!r}")
-    return " ".join(m.group(1).split())
-
-
-def report_labels(config: dict, name: str, caption: str) -> dict[str, str]:
-    """Labels of a report item: its title (from its caption, so the two never differ) and the
-    datasets and λ it covers."""
-    keys = [(k.dataset, k.lam) for k in table_runs(config, "t2" if name in ("t1", "f3") else name)]
-    return {
-        "item": caption_title(caption),
-        "datasets": ", ".join(dict.fromkeys(d for d, _ in keys)),
-        "λ": ", ".join(f"{lam:g}" for lam in sorted({lam for _, lam in keys})),
-    }
-
-
-def enabled(config: dict, name: str) -> bool:
-    """A table/figure is built unless its section says `enabled: false` (the tuning table: only
-    when the config tunes)."""
-    if name == "tuning" and not tuning_section(config):
-        return False
-    return _section(config, name).get("enabled", True) is not False
+def main_runs(config: dict, datasets, lams, arms, seeds) -> list[RunKey]:
+    """Every arm at every dataset, λ and seed, at train.clients and train.join_ratio."""
+    return [RunKey(d, float(lam), default_clients(config), default_join_ratio(config), a, int(s))
+            for d in datasets for lam in lams for a in arms for s in seeds]
 
 
 def tuning_runs(config: dict, arm: str | None = None, dataset: str | None = None,
                 lam: float | None = None) -> list[RunKey]:
     """The trial runs (all, or those of one arm at one dataset and lambda): every tuned arm at
     every (dataset, lambda) of T2, with T2's clients and join ratio, on the tuning seed."""
+    from . import paper
+
     sec = tuning_section(config)
     if not sec:
         return []
-    datasets, lams, _ = _axes(config, "t2")
-    return [RunKey(d, l, _default_clients(config), _default_jr(config), tuning.trial_arm(a, t), int(sec["seed"]))
+    t2_options = paper.options(config, "t2")
+    datasets, lams = t2_options["datasets"], [float(x) for x in t2_options["lams"]]
+    return [RunKey(d, l, default_clients(config), default_join_ratio(config), tuning.trial_arm(a, t), int(sec["seed"]))
             for d in datasets for l in lams for a in tuned_base_arms(config) for t in range(int(sec["budget"]))
             if (arm is None or a == arm) and (dataset is None or d == dataset) and (lam is None or l == lam)]
 
@@ -303,8 +194,8 @@ def tuning_runs(config: dict, arm: str | None = None, dataset: str | None = None
 def selection_wildcards(config: dict, arm: str, dataset: str, lam: float) -> dict[str, str]:
     """The selection of `arm` at (dataset, lambda): made from the trials at T2's clients and join
     ratio, and used by the arm's tuned runs at every client count and join ratio."""
-    return {"dataset": dataset, "lam": fmt(lam), "clients": str(_default_clients(config)),
-            "jr": fmt(_default_jr(config)), "arm": arm}
+    return {"dataset": dataset, "lam": fmt(lam), "clients": str(default_clients(config)),
+            "jr": fmt(default_join_ratio(config)), "arm": arm}
 
 
 def selection_path(config: dict, arm: str, dataset: str, lam: float) -> str:
@@ -320,8 +211,9 @@ def tuning_problem(config: dict) -> str | None:
     if not sec:
         return None
     reported = set(int(s) for s in config["seeds"])
-    for name in TABLES:
-        reported |= {int(s) for s in _section(config, name).get("seeds", [])}
+    for kind in ("tables", "figures"):
+        for section in (config.get(kind) or {}).values():
+            reported |= {int(s) for s in (section or {}).get("seeds", [])}
     if int(sec["seed"]) in reported:
         return (f"tuning.seed {sec['seed']} is also a reported seed; tune on a seed of its own "
                 f"(reported: {', '.join(map(str, sorted(reported)))})")
@@ -329,30 +221,25 @@ def tuning_problem(config: dict) -> str | None:
 
 
 def all_runs(config: dict) -> list[RunKey]:
-    """Every run an enabled table or figure reads (T1 and F3 read partitions only), and every
-    tuning trial."""
+    """Every run an enabled table or figure reads, and every tuning trial."""
+    from . import paper
+
     keys = set(tuning_runs(config))
-    for t in TABLES + FIGURES:
-        if t not in ("t1", "f3") and enabled(config, t):
-            keys.update(table_runs(config, t))
+    for out in paper.enabled(config):
+        keys.update(out.runs(config))
     return sorted(keys)
-
-
-def partitions_for_t1(config: dict) -> list[str]:
-    """T1/F3 show each (dataset, lambda) once: the default client count, the first seed."""
-    datasets, lams, seeds = _axes(config, "t2")
-    return [partition_path(config, d, l, _default_clients(config), seeds[0]) for d in datasets for l in lams]
 
 
 def arm_origin(config: dict, arm: str) -> str:
     """Where in the config an arm is defined, for error messages."""
     if arm in config["methods"]:
         return f"methods.{arm}"
-    if arm in ablation_arms(config):
-        return f"tables.t5.arms.{arm}"
+    for out, arms in output_arms(config):
+        if arm in arms:
+            return out.module.arm_origin(config, arm)
     if arm in trial_arms(config) or arm in tuned_arms(config):
         return f"tuning (arm {arm})"
-    return f"tables.t6 (a variant of {table_base(config, 't6')!r})"
+    raise ConfigError(f"unknown arm {arm!r}")
 
 
 def run_config(config: dict, key: RunKey, selection: dict | None = None) -> RunConfig:
@@ -396,8 +283,10 @@ def participation_schedule(config: dict, join_ratio: float, train: dict) -> dict
     """Rounds and evaluation interval of a run at another join ratio than the main runs' (T3's):
     scaled by (main join ratio / join ratio), so a client trains about as often, and is scored
     as many times, as in the main comparison (tables.t3.scale_rounds: false keeps them)."""
-    reference = _default_jr(config)
-    if join_ratio == reference or _section(config, "t3").get("scale_rounds", True) is False:
+    from .paper import t3
+
+    reference = default_join_ratio(config)
+    if join_ratio == reference or not t3.scale_rounds(config):
         return {}
     factor = reference / join_ratio
     fields = RunConfig.__dataclass_fields__
@@ -427,24 +316,26 @@ def repeated_values(config: dict) -> str | None:
     """A value listed twice in a grid list (seeds: [0, 0]), or two values written alike in
     file names (lams: [0.1, 0.1000001] are both lam0.1): the same run would be planned twice,
     and only `fedmic collect`, after the runs, would notice. Say so before any job."""
-    def name(axis, x):
-        if axis in ("datasets", "arms"):
-            return str(x)
-        if axis == "energy":
-            return "-".join(fmt(float(e)) for e in x) if isinstance(x, (list, tuple)) else repr(x)
+    def name(x):  # as file and arm names write it
+        if isinstance(x, str):
+            return x
+        if isinstance(x, (list, tuple)):  # T6's energy pairs
+            return "-".join(fmt(float(e)) for e in x)
         return fmt(float(x))
 
-    lists = [(axis, axis, config.get(axis)) for axis in ("datasets", "lams", "seeds")]
-    for table, sec in (config.get("tables") or {}).items():
-        for axis in ("datasets", "lams", "seeds", "arms", "join_ratios", "clients"):
-            if isinstance((sec or {}).get(axis), list):
-                lists.append((axis, f"tables.{table}.{axis}", sec[axis]))
-        for param, values in ((sec or {}).get("values") or {}).items():
-            lists.append(("energy" if param == "energy" else param, f"tables.{table}.values.{param}", values))
-    for axis, where, values in lists:
+    lists = [(axis, config.get(axis)) for axis in ("datasets", "lams", "seeds")]
+    # every list in a table's or figure's section, and every list in a mapping there (T6's values)
+    for kind in ("tables", "figures"):
+        for output, sec in (config.get(kind) or {}).items():
+            for key, value in (sec or {}).items():
+                if isinstance(value, list):
+                    lists.append((f"{kind}.{output}.{key}", value))
+                elif isinstance(value, dict):
+                    lists += [(f"{kind}.{output}.{key}.{k}", x) for k, x in value.items() if isinstance(x, list)]
+    for where, values in lists:
         seen = {}
         for x in values or []:
-            key = name(axis, x)
+            key = name(x)
             if key in seen:
                 first = seen[key]
                 same = f"{x!r} twice" if first == x else (f"{first!r} and {x!r}, which file names both write as "
@@ -466,23 +357,6 @@ def misplaced_targets(config: dict, configfiles: list[str]) -> str | None:
     for f in configfiles:
         if any(Path(f).resolve().is_relative_to(d) for d in outputs):
             return f"--configfile {f} is an output of this workflow, not a config; {TARGETS_FIRST}"
-    return None
-
-
-def target_problem(config: dict, targets: list[str]) -> str | None:
-    """Why a table_*/figure_* target cannot be built: its section is switched off, or no such
-    table or figure exists (Snakemake alone says only 'No rule to produce ...')."""
-    for t in targets:
-        kind, _, name = t.partition("_")
-        names = {"table": TABLES, "figure": FIGURES}.get(kind)
-        if names is None or "/" in t:
-            continue
-        if name not in names:
-            return f"unknown target {t}; {kind} targets: {', '.join(f'{kind}_{n}' for n in names)}"
-        if not enabled(config, name):
-            section = f"{kind}s.{name}"
-            return (f"target {t}: {section} is switched off in the config ({section}.enabled: false); "
-                    "remove that line (or set it to true) to build it")
     return None
 
 
@@ -568,4 +442,4 @@ def selection_code_files() -> list[str]:
 
 def report_code_files() -> list[str]:
     """What `fedmic table` and `fedmic figure` run: a change rebuilds tables and figures."""
-    return sorted(str(f) for f in import_closure(*(PACKAGE / "report").glob("*.py")))
+    return sorted(str(f) for f in import_closure(*(PACKAGE / "report").glob("*.py"), *(PACKAGE / "paper").glob("*.py")))

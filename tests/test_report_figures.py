@@ -9,6 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from runfixtures import write_run  # noqa: E402
 
+from fedmic import paper  # noqa: E402
+from fedmic.paper import acc_vs_bytes, learning_curves, svd_ranks  # noqa: E402
 from fedmic.report import build_figure, figures, tidy  # noqa: E402
 
 ARMS = ("local", "fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "moon", "fml", "fedkd", "fedproto", "fedmic")
@@ -32,7 +34,7 @@ def twelve(tmp_path):
 
 
 def test_every_arm_has_its_own_colour_and_marker_and_fedmic_stands_out(twelve):
-    fig = figures.learning_curves_figure(twelve)
+    fig = learning_curves.figure(twelve)
     ax = fig.axes[0]
     lines = lines_by_label(ax)
     arms = [lab for lab in lines if lab != figures.FLOOR_LABEL]
@@ -56,13 +58,13 @@ def test_panels_are_the_settings_that_exist(tmp_path):
     # PneumoniaMNIST at λ 0.1 and 0.5, BreastMNIST (another partition scheme) at λ 0.1 only
     paths = [write_run(tmp_path, "p1", lam=0.1), write_run(tmp_path, "p5", lam=0.5),
              write_run(tmp_path, "b1", dataset="breastmnist", scheme="dirichlet_client", lam=0.1)]
-    fig = figures.learning_curves_figure(tidy.collect(paths))
+    fig = learning_curves.figure(tidy.collect(paths))
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["PneumoniaMNIST, λ=0.1", "PneumoniaMNIST, λ=0.5", "BreastMNIST, λ=0.1"]
     assert all(ax.has_data() for ax in fig.axes)  # no empty panel anywhere
     # complete: datasets as rows, λ as columns
     paths.append(write_run(tmp_path, "b5", dataset="breastmnist", scheme="dirichlet_client", lam=0.5))
-    fig = figures.acc_vs_bytes_figure(tidy.collect(paths))
+    fig = acc_vs_bytes.figure(tidy.collect(paths))
     assert len(fig.axes) == 4 and all(ax.has_data() for ax in fig.axes)
     grid = {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax.get_title() for ax in fig.axes}
     assert grid[(1, 1)] == "BreastMNIST, λ=0.5"
@@ -70,7 +72,7 @@ def test_panels_are_the_settings_that_exist(tmp_path):
 
 def test_learning_curve_band_is_std_over_seeds(tmp_path):
     paths = [write_run(tmp_path, f"s{s}", seed=s, accs=(a, a)) for s, a in ((0, 0.5), (1, 0.7))]
-    fig = figures.learning_curves_figure(tidy.collect(paths))
+    fig = learning_curves.figure(tidy.collect(paths))
     ax = fig.axes[0]
     assert np.allclose(lines_by_label(ax)["FedAvg"].get_ydata(), [0.6, 0.6])
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
@@ -78,7 +80,7 @@ def test_learning_curve_band_is_std_over_seeds(tmp_path):
 
 
 def test_acc_vs_bytes_counts_both_directions_and_draws_local_flat(twelve):
-    ax = figures.acc_vs_bytes_figure(twelve).axes[0]
+    ax = acc_vs_bytes.figure(twelve).axes[0]
     lines = lines_by_label(ax)
     # FedAvg: 2000 B up + 2000 B down per round, cumulative, in MB
     assert np.allclose(lines["FedAvg"].get_xdata(), [0.00402 * r for r in (1, 2, 3, 4)])
@@ -87,12 +89,12 @@ def test_acc_vs_bytes_counts_both_directions_and_draws_local_flat(twelve):
 
 
 def test_svd_ranks_one_panel_per_arm_that_records_ranks(twelve, tmp_path):
-    fig = figures.svd_ranks_figure(twelve)
+    fig = svd_ranks.figure(twelve)
     assert [ax.get_title().split(":")[0] for ax in fig.get_axes()] == ["FedKD", "FedMIC"]
     lines = lines_by_label(fig.get_axes()[1])
-    assert list(lines[f"conv 2 ({figures.UPLOAD_TEXT})"].get_ydata()) == [10, 9, 8, 7]
-    assert list(lines[f"classifier head ({figures.BROADCAST_TEXT})"].get_ydata()) == [4, 4, 3, 3]
-    none = figures.svd_ranks_figure(tidy.collect([write_run(tmp_path, "avg")]))
+    assert list(lines[f"conv 2 ({svd_ranks.UPLOAD_TEXT})"].get_ydata()) == [10, 9, 8, 7]
+    assert list(lines[f"classifier head ({svd_ranks.BROADCAST_TEXT})"].get_ydata()) == [4, 4, 3, 3]
+    none = svd_ranks.figure(tidy.collect([write_run(tmp_path, "avg")]))
     assert "No run" in none.axes[0].texts[0].get_text()
 
 
@@ -137,7 +139,7 @@ def ties(tmp_path):
 
 @pytest.mark.parametrize("name", ["learning_curves", "acc_vs_bytes"])
 def test_no_method_and_no_floor_is_hidden_where_they_tie(ties, name):
-    fig = figures.FIGURES[name](ties)
+    fig = paper.outputs()[name].module.figure(ties)
     ax = fig.axes[0]
     lines = lines_by_label(ax)
     assert {"FedKD", "FedMIC", "FedAvg", "FedProx", figures.FLOOR_LABEL} <= set(lines)
@@ -151,7 +153,7 @@ def test_figures_name_the_floor_as_the_tables_do(twelve):
 
     assert figures.FLOOR_LABEL == views.PRIOR_FLOOR == tables.PRIOR_FLOOR == "client-prior floor"
     assert tables.GLOBAL_FLOOR == views.GLOBAL_FLOOR == "global-majority floor"
-    for make in (figures.learning_curves_figure, figures.acc_vs_bytes_figure):
+    for make in (learning_curves.figure, acc_vs_bytes.figure):
         legend = [t.get_text() for t in make(twelve).legends[0].get_texts()]
         assert legend[-1] == "client-prior floor"
 
@@ -175,7 +177,7 @@ def _overlaps(a, b) -> bool:
 
 @pytest.mark.parametrize("name", ["learning_curves", "acc_vs_bytes", "svd_ranks"])
 def test_legend_sits_beside_the_panels_and_leaves_them_their_room(twelve, name):
-    fig = figures.FIGURES[name](twelve)
+    fig = paper.outputs()[name].module.figure(twelve)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     legend = fig.legends[0].get_window_extent(renderer)
@@ -188,10 +190,10 @@ def test_legend_sits_beside_the_panels_and_leaves_them_their_room(twelve, name):
 def test_svd_ranks_legend_reads_layer_names_and_keeps_tied_layers_in_sight(tmp_path):
     ranks = {"encoder.conv1.weight": [1, 1, 1, 1], "encoder.conv2.weight": [1, 1, 2, 2],
              "encoder.fc.weight": [1, 1, 1, 1], "head.weight": [1, 1, 1, 1]}
-    fig = figures.svd_ranks_figure(tidy.collect([write_run(tmp_path, "mic", method="fedmic", ranks=ranks)]))
+    fig = svd_ranks.figure(tidy.collect([write_run(tmp_path, "mic", method="fedmic", ranks=ranks)]))
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["conv 1", "conv 2", "fully connected", "classifier head", figures.UPLOAD_TEXT,
-                      figures.BROADCAST_TEXT]
+    assert legend == ["conv 1", "conv 2", "fully connected", "classifier head", svd_ranks.UPLOAD_TEXT,
+                      svd_ranks.BROADCAST_TEXT]
     ax = fig.get_axes()[0]
     for label, line in lines_by_label(ax).items():
         assert visible_pixels(fig, [line]) >= 20, f"{label} is hidden behind another layer"

@@ -8,7 +8,8 @@ import pytest
 
 from fedmic.data.partition import client_dirichlet_partition, dirichlet_partition, save_partition
 from fedmic.report.io import latex_escape, mean_std, save_figure, write_table
-from fedmic.report.partitions import T1_COLUMNS, f3_figure, figure_f3, table_t1
+from fedmic.paper import f3, t1
+from fedmic.report.partitions import T1_COLUMNS
 
 import matplotlib.pyplot as plt  # after fedmic.report.io, which selects the Agg backend
 from conftest import DATA
@@ -127,7 +128,7 @@ def two_partitions(tmp_path):
 
 def test_table_t1(tmp_path, two_partitions):
     paths, (pa, _, _), breast = two_partitions
-    out = table_t1(paths, _loader, tmp_path / "t1")
+    out = t1.table(paths, _loader).write(tmp_path / "t1")
     assert [p.suffix for p in out] == [".csv", ".md", ".tex"]
     df = pd.read_csv(out[0])
     assert list(df.columns) == T1_COLUMNS
@@ -152,18 +153,18 @@ def test_table_t1(tmp_path, two_partitions):
 
 def test_figure_f3(tmp_path, two_partitions):
     paths, _, _ = two_partitions
-    out = figure_f3(paths, _loader, tmp_path / "f3")
+    out = save_figure(f3.figure(paths, _loader), tmp_path / "f3")
     assert [p.name for p in out] == ["f3.png", "f3.pdf"]
     assert all(p.stat().st_size > 5000 for p in out)
     with pytest.raises(ValueError, match="one partition per dataset and lambda"):
-        figure_f3(paths + paths[:1], _loader, tmp_path / "f3b")
+        f3.figure(paths + paths[:1], _loader)
 
 
 def test_f3_names_each_rows_classes_from_the_registry(two_partitions):
     from fedmic.data.registry import DATASETS
 
     paths, _, _ = two_partitions
-    fig = f3_figure(paths, _loader)
+    fig = f3.figure(paths, _loader)
     fig.canvas.draw()
     rows = {}
     for ax in fig.axes:

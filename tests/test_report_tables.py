@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from runfixtures import prior_floors, write_run
 
+from fedmic import paper
+from fedmic.paper import t2, t3, t4, t5, t6, t7, t8, t9
 from fedmic.report import build_table, tables, tidy
 from conftest import DATA
 
@@ -105,7 +107,7 @@ def test_t2_client_prior_floor_of_a_hand_made_partition_and_margins_run_by_run(t
     assert floors1["client_prior_acc"] == pytest.approx(5 / 7)
     paths = [write_run(tmp_path, f"avg{s}", seed=s, acc=a, f1=0.6, floors=f)
              for s, a, f in ((0, 0.85, floors0), (1, 0.80, floors1))]
-    t = tables.t2_table(tidy.collect(paths))
+    t = t2.table(tidy.collect(paths))
     floor = row(t, method="client-prior floor")
     f_acc = [floors0["client_prior_acc"], floors1["client_prior_acc"]]
     assert floor["ACC"] == tables.mean_std(f_acc)
@@ -125,7 +127,7 @@ def test_t2_client_prior_floor_of_a_hand_made_partition_and_margins_run_by_run(t
 def test_t2_headline_auc_is_per_client_and_pooled_is_secondary(tmp_path):
     # pooled predictions of a label-skewed federation can score far above the per-client AUC
     p = write_run(tmp_path, "a", auc=0.62, auc_pooled=0.91)
-    r = row(tables.t2_table(tidy.collect([p])), method="FedAvg")
+    r = row(t2.table(tidy.collect([p])), method="FedAvg")
     assert (r["AUC"], r["AUC pooled"]) == ("0.620", "0.910")
     assert r["AUC [value]"] == pytest.approx(0.62)
 
@@ -151,8 +153,8 @@ ARMS = {"local": ([0.78, 0.80, 0.78, 0.80, 0.80], 0.70),
 def test_t2_compares_fedmic_with_local_fedkd_and_the_validation_best_over_seeds(tmp_path):
     from fedmic.report import stats
 
-    t = tables.t2_table(tidy.collect(comparison_runs(tmp_path, ARMS)))
-    col = tables.COMPARISON
+    t = t2.table(tidy.collect(comparison_runs(tmp_path, ARMS)))
+    col = t2.COMPARISON
     raw = {m: stats.paired_difference(MIC, ARMS[m][0]) for m in ("local", "fedkd", "fedavg")}
     holm = dict(zip(raw, stats.holm([raw[m]["p"] for m in raw])))
     for method, label, role in (("local", "Local", "Local"), ("fedkd", "FedKD", "FedKD"),
@@ -169,17 +171,17 @@ def test_t2_compares_fedmic_with_local_fedkd_and_the_validation_best_over_seeds(
 
 def test_t2_a_baseline_in_two_roles_is_compared_once(tmp_path):
     arms = {**ARMS, "local": (ARMS["local"][0], 0.99)}  # Local is also the best on validation
-    t = tables.t2_table(tidy.collect(comparison_runs(tmp_path, arms)))
-    assert row(t, method="Local")[tables.COMPARISON].startswith("Local, best on validation: ")
-    assert row(t, method="FedAvg")[tables.COMPARISON] == ""
+    t = t2.table(tidy.collect(comparison_runs(tmp_path, arms)))
+    assert row(t, method="Local")[t2.COMPARISON].startswith("Local, best on validation: ")
+    assert row(t, method="FedAvg")[t2.COMPARISON] == ""
     assert "over the 2 comparisons" in t.caption
 
 
 def test_t2_compares_tuned_arms_with_tuned_arms(tmp_path):
     paths = comparison_runs(tmp_path, ARMS) + comparison_runs(
         tmp_path, {**ARMS, "fedprox": (ARMS["fedprox"][0], 0.99)}, suffix="-tuned")
-    t = tables.t2_table(tidy.collect(paths))
-    col = tables.COMPARISON
+    t = t2.table(tidy.collect(paths))
+    col = t2.COMPARISON
     assert row(t, method="FedMIC-tuned")[col] == "reference" and row(t, method="FedMIC")[col] == ""
     assert row(t, method="FedProx-tuned")[col].startswith("best on validation: ")
     assert row(t, method="Local-tuned")[col].startswith("Local: ") and row(t, method="Local")[col] == ""
@@ -189,7 +191,7 @@ def test_t2_fedavg_bn_sits_beside_fedbn_in_config_order(tmp_path):
     paths = [write_run(tmp_path, a, method=m, arm=a, model=model) for a, m, model in
              (("fedavg", "fedavg", "cnn"), ("fedbn", "fedbn", "cnn_bn"), ("fedavg-bn", "fedavg", "cnn_bn"),
               ("fedmic", "fedmic", "cnn"))]
-    t = tables.t2_table(tidy.collect(paths))
+    t = t2.table(tidy.collect(paths))
     assert t.df["method"].tolist()[:4] == ["FedAvg", "FedBN", "FedAvg-bn", "FedMIC"]
 
 
@@ -211,7 +213,7 @@ def comm_runs(tmp_path, fedavg_g=(0.60, 0.70, 0.80, 0.90), floor=0.55) -> list[P
 
 
 def test_t4_target_must_be_learned_local_and_untrained_never_reach_it(tmp_path):
-    t = tables.t4_table(tidy.collect(comm_runs(tmp_path)))
+    t = t4.table(tidy.collect(comm_runs(tmp_path)))
     target = 0.55 + 0.9 * (0.85 - 0.55)  # FedAvg reports the mean of its last 2 rounds
     assert row(t, method="FedAvg")["target global ACC"] == f"{target:.3f}"
     avg = row(t, method="FedAvg")
@@ -226,10 +228,10 @@ def test_t4_target_must_be_learned_local_and_untrained_never_reach_it(tmp_path):
 
 
 def test_t4_no_target_when_fedavg_does_not_beat_the_floor_and_an_absolute_override(tmp_path):
-    t = tables.t4_table(tidy.collect(comm_runs(tmp_path, fedavg_g=(0.5, 0.5, 0.5, 0.5), floor=0.55)))
+    t = t4.table(tidy.collect(comm_runs(tmp_path, fedavg_g=(0.5, 0.5, 0.5, 0.5), floor=0.55)))
     assert row(t, method="FedMIC")["target global ACC"] == "n/a"
     assert row(t, method="FedMIC")["to target (MB)"] == "n/a"
-    t = tables.t4_table(tidy.collect(comm_runs(tmp_path)), target=0.8)
+    t = t4.table(tidy.collect(comm_runs(tmp_path)), target=0.8)
     assert row(t, method="FedMIC")["round reached"] == "2.0"
     assert row(t, method="Local")["to target (MB)"] == "n/a"
     assert "given target global ACC 0.800" in t.caption
@@ -237,8 +239,8 @@ def test_t4_no_target_when_fedavg_does_not_beat_the_floor_and_an_absolute_overri
 
 def test_bytes_to_target_first_evaluated_round():
     rounds = pd.DataFrame({"round": [1, 2, 3], "value": [0.5, 0.81, 0.9], "cum_bytes": [10, 20, 30]})
-    assert tables.bytes_to_target(rounds, 0.8) == (2.0, 20.0)
-    assert all(math.isnan(x) for x in tables.bytes_to_target(rounds, 0.95))
+    assert t4.bytes_to_target(rounds, 0.8) == (2.0, 20.0)
+    assert all(math.isnan(x) for x in t4.bytes_to_target(rounds, 0.95))
 
 
 # --------------------------------------------------------------------------- T3 T5 T6 T7 T8 T9
@@ -246,13 +248,13 @@ def test_bytes_to_target_first_evaluated_round():
 
 def test_t3_and_t7_pivot_with_a_floor_row(tmp_path):
     paths = [write_run(tmp_path, f"avg{jr}", join_ratio=jr, acc=a) for jr, a in ((0.5, 0.7), (1.0, 0.8))]
-    t = tables.t3_table(tidy.collect(paths))
+    t = t3.table(tidy.collect(paths))
     avg = row(t, method="FedAvg")
     assert (avg["join ratio 0.5"], avg["join ratio 1"], avg["Δ join ratio 1"]) == ("0.700", "0.800", "+0.200")
     assert row(t, method="client-prior floor")["join ratio 0.5"] == "0.600"
     paths = [write_run(tmp_path, f"k{k}", clients=k, acc=0.9, floors={"client_prior_acc": 0.3 + 0.1 * k})
              for k in (2, 3)]
-    t = tables.t7_table(tidy.collect(paths))
+    t = t7.table(tidy.collect(paths))
     floor = row(t, method="client-prior floor")
     assert (floor["K=2"], floor["K=3"]) == ("0.500", "0.600")  # each K its own partition
 
@@ -264,39 +266,39 @@ def test_t5_ablation_and_t6_one_parameter_at_a_time(tmp_path):
              write_run(tmp_path, "tau1", method="fedmic", arm="fedmic-tau1", hp={"tau": 1.0}, acc=0.72),
              write_run(tmp_path, "avg", acc=0.9)]
     df = tidy.collect(paths)
-    t5 = tables.t5_table(df)
-    assert row(t5, variant="FedMIC-no-rep")["changed from default"] == "w/o representation KD"
-    assert row(t5, variant="FedMIC")["ΔACC"] == "+0.200"
-    assert "FedAvg" not in t5.df["variant"].tolist() and "client-prior floor" in t5.df["variant"].tolist()
-    t6 = tables.t6_table(df)
-    tau = t6.df[t6.df["parameter"] == "τ"]
+    ablation = t5.table(df)
+    assert row(ablation, variant="FedMIC-no-rep")["changed from default"] == "w/o representation KD"
+    assert row(ablation, variant="FedMIC")["ΔACC"] == "+0.200"
+    assert "FedAvg" not in ablation.df["variant"].tolist() and "client-prior floor" in ablation.df["variant"].tolist()
+    sensitivity = t6.table(df)
+    tau = sensitivity.df[sensitivity.df["parameter"] == "τ"]
     assert tau["value"].tolist() == ["1", "2 (default)", "4"] and tau["ACC"].tolist() == ["0.720", "0.800", "0.750"]
     with pytest.raises(ValueError, match="no FedMIC runs"):
-        tables.t5_table(tidy.collect([paths[-1]]))
+        t5.table(tidy.collect([paths[-1]]))
 
 
 def test_t8_costs_and_t9_global_and_fairness(tmp_path):
     paths = [write_run(tmp_path, "avg", gaccs=(0.7,) * 4, params=(100, None), timing=[2.0, 4.0, 2.0, 4.0], rss=500),
              write_run(tmp_path, "mic", method="fedmic", gaccs=(0.6,) * 4, params=(100, 120), timing=False)]
     df = tidy.collect(paths)
-    t8 = tables.t8_table(df)
-    avg, mic = row(t8, method="FedAvg"), row(t8, method="FedMIC")
+    cost = t8.table(df)
+    avg, mic = row(cost, method="FedAvg"), row(cost, method="FedMIC")
     assert avg["train s/client/round"] == "1.500" and avg["client memory (MB)"] == "0.00"
     assert mic["evaluated params"] == "120" and mic["client memory (MB)"] == "0.000480"
     assert mic["train s/client/round"] == "n/a" and mic["peak RSS (MB)"] == "n/a"
-    t9 = tables.t9_table(df)
-    assert row(t9, method="FedAvg")["global ACC"] == "0.700"
-    assert row(t9, method="global-majority floor")["global ACC"] == "0.550"
-    assert row(t9, method="client-prior floor")["personal ACC"] == "0.600"
+    fairness = t9.table(df)
+    assert row(fairness, method="FedAvg")["global ACC"] == "0.700"
+    assert row(fairness, method="global-majority floor")["global ACC"] == "0.550"
+    assert row(fairness, method="client-prior floor")["personal ACC"] == "0.600"
 
 
 def test_valsel_tables_use_the_validation_selected_values(tmp_path):
     p = write_run(tmp_path, "a", acc=0.8, valsel_acc=0.77)
-    assert row(tables.build("t2_valsel", tidy.collect([p])), method="FedAvg")["ACC"] == "0.770"
+    assert row(paper.render("table", "t2_valsel", paper.Inputs(frame=tidy.collect([p]))), method="FedAvg")["ACC"] == "0.770"
     with pytest.raises(ValueError, match="no _valsel"):
-        tables.build("t4_valsel", tidy.collect([p]))
+        paper.render("table", "t4_valsel", paper.Inputs(frame=tidy.collect([p])))
     with pytest.raises(ValueError, match="unknown table"):
-        tables.build("t42", tidy.collect([p]))
+        paper.render("table", "t42", paper.Inputs(frame=tidy.collect([p])))
 
 
 # --------------------------------------------------------------------------- command line
@@ -407,4 +409,4 @@ def test_a_marked_value_stays_best_and_right_aligned(tmp_path):
 def test_caption_states_the_k_actually_averaged(tmp_path, rounds, last_k, says):
     paths = [write_run(tmp_path, f"s{s}", seed=s, accs=(0.5,) * r, rounds=r, last_k=k)
              for s, (r, k) in enumerate(zip(rounds, last_k))]
-    assert says in tables.t2_table(tidy.collect(paths)).caption
+    assert says in t2.table(tidy.collect(paths)).caption

@@ -3,9 +3,12 @@
 - ``collect`` (``fedmic collect``): run JSONs -> the tidy long-format results file
   (fedmic.report.tidy; results/README.md lists its columns), optionally with a provenance
   record;
-- ``build_table`` / ``build_figure`` (``fedmic table`` / ``fedmic figure``): t2 ... t9 and
-  the figures learning_curves, acc_vs_bytes, svd_ranks from that file (or from run JSONs,
-  collected on the fly); t1 and f3 describe the partitions and read partition files.
+- ``build_table`` / ``build_figure`` (``fedmic table`` / ``fedmic figure``): the tables and
+  figures of the paper, one module each in fedmic/paper/, from that file (or from run JSONs,
+  collected on the fly), or from partition files for those that describe the partitions.
+
+The rest of this package is what those modules share: tables.py (Table, Rows), figures.py
+(panels, styles), views.py, stats.py, partitions.py.
 """
 from __future__ import annotations
 
@@ -44,28 +47,22 @@ def collect(inputs: Sequence[str | Path], out: str | Path, provenance: str | Pat
 
 
 def build_table(name: str, inputs: Sequence[str | Path], out_stem: str | Path,
-                root: str | None = None, target: float | None = None) -> list[Path]:
-    """Write table ``name`` as ``<out_stem>.csv/.md/.tex``. t1: ``inputs`` are partition
-    files; t2..t9: a results file or run JSONs. ``target``: T4's absolute target global ACC."""
-    key = name.lower()
-    if key == "t1":
-        from fedmic.report.partitions import table_t1
-        return table_t1([Path(p) for p in inputs], labels_loader(root), out_stem)
-    from fedmic.report import tables, tidy
-    return tables.build(key, tidy.load(inputs), target=target).write(out_stem)
+                root: str | None = None, options: Mapping | None = None) -> list[Path]:
+    """Write table ``name`` (fedmic/paper/<name>.py) as ``<out_stem>.csv/.md/.tex`` from
+    ``inputs``: what it reads (a results file or run JSONs, or partition files; ``root``: the
+    MedMNIST folder their labels come from). ``options``: its config section's values."""
+    from fedmic import paper
+
+    return paper.build("table", name, inputs, out_stem, root, options)
 
 
 def build_figure(name: str, inputs: Sequence[str | Path], out_stem: str | Path,
-                 root: str | None = None, target: float | None = None) -> list[Path]:
-    """Write figure ``name`` as ``<out_stem>.png/.pdf``. f3: ``inputs`` are partition files;
-    the others: a results file or run JSONs. ``target`` is unused by the figures."""
-    key = name.lower().replace("-", "_")
-    if key == "f3":
-        from fedmic.report.partitions import figure_f3
-        return figure_f3([Path(p) for p in inputs], labels_loader(root), out_stem)
-    from fedmic.report import figures, tidy
-    from fedmic.report.io import save_figure
-    return save_figure(figures.build(key, tidy.load(inputs)), out_stem)
+                 root: str | None = None, options: Mapping | None = None) -> list[Path]:
+    """Write figure ``name`` (fedmic/paper/<name>.py) as ``<out_stem>.png/.pdf``; as
+    ``build_table``."""
+    from fedmic import paper
+
+    return paper.build("figure", name, inputs, out_stem, root, options)
 
 
 __all__ = ["collect", "build_table", "build_figure", "labels_loader"]

@@ -1,7 +1,7 @@
-"""Figures as views over the tidy results frame: learning curves, accuracy vs bytes, kept SVD ranks.
+"""What the figures of the paper (fedmic/paper/) share: panels, styles, lines and legend.
 
-Each ``*_figure(tidy)`` returns the matplotlib Figure (tests inspect it); ``build`` saves it
-as PNG + PDF. One panel per setting that has runs (datasets in order, then λ...), laid out
+Each figure module's ``figure(tidy)`` returns the matplotlib Figure (tests inspect it);
+``fedmic figure`` saves it as PNG + PDF. One panel per setting that has runs (datasets in order, then λ...), laid out
 as datasets × the other values when every dataset has the same ones, else wrapped in rows:
 never an empty panel. Every arm has its own colour and open marker, the same in every panel.
 Methods often tie (FedAvg and FedProx early on, personalised methods on the client-prior
@@ -67,7 +67,7 @@ def panels(df: pd.DataFrame, dim_cols: Sequence[str], n_cols: int = 3) -> list[t
     return [(i // n_cols, i % n_cols, s) for i, s in enumerate(present)]
 
 
-def _subplots(layout, w: float = 4.3, h: float = 3.3):
+def subplots(layout, w: float = 4.3, h: float = 3.3):
     import matplotlib.pyplot as plt
 
     n_rows = max(r for r, _, _ in layout) + 1
@@ -83,19 +83,19 @@ def _subplots(layout, w: float = 4.3, h: float = 3.3):
     return fig, axes
 
 
-def _seed_stats(df: pd.DataFrame, x: str, y: str = "value") -> pd.DataFrame:
+def seed_stats(df: pd.DataFrame, x: str, y: str = "value") -> pd.DataFrame:
     g = df.groupby(x)[y]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
-def _line(ax, x, y, style: dict, label: str, n_points: int) -> None:
+def line(ax, x, y, style: dict, label: str, n_points: int) -> None:
     every = max(1, n_points // 6)  # about six markers a line, so long runs stay readable
     style = dict(style)
     offset = style.pop("stagger", 0) % every  # tied arms put their markers on different rounds
     ax.plot(x, y, label=label, markevery=(offset, every), **style)
 
 
-def _finish(fig, title: str, handles: dict | None = None) -> None:
+def finish(fig, title: str, handles: dict | None = None) -> None:
     """Suptitle and one legend for all panels, outside them on the right (it never covers data)."""
     if handles is None:
         handles = {}
@@ -115,20 +115,20 @@ def _finish(fig, title: str, handles: dict | None = None) -> None:
         fig.set_size_inches(width + extra + 0.2, height)
 
 
-def _floor_line(ax, tidy_here: pd.DataFrame) -> None:
+def floor_line(ax, tidy_here: pd.DataFrame) -> None:
     floor = v.values(tidy_here, "run", "floor", ["client_prior_acc"])
     value = v.finite_mean(v.partition_floor(floor, "client_prior_acc"))
     if np.isfinite(value):
         ax.axhline(value, label=FLOOR_LABEL, **FLOOR)
 
 
-def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
+def arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
     """The figure, its axes, and per panel: the axes, its title, the tidy rows of its setting,
     and (arm, label, that arm's rows of ``curves``) for each arm there."""
     runs = v.runs(tidy)
     dim_cols = v.dims(runs)
     layout = panels(runs, dim_cols)
-    fig, axes = _subplots(layout)
+    fig, axes = subplots(layout)
     out = []
     for r, c, s in layout:
         here = v.in_setting(curves, dim_cols, s)
@@ -138,10 +138,7 @@ def _arm_panels(tidy: pd.DataFrame, curves: pd.DataFrame):
     return fig, axes, out
 
 
-# --------------------------------------------------------------------------- learning curves
-
-
-def _round_axis(ax, ylabel: str) -> None:
+def round_axis(ax, ylabel: str) -> None:
     """Rounds on the x axis, ticked at whole rounds only (a 3-round run must not show 1.5)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -149,143 +146,5 @@ def _round_axis(ax, ylabel: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def learning_curves_figure(tidy: pd.DataFrame):
-    """Personalised test ACC vs round, one line per arm, one panel per setting."""
-    style = styles(tidy)
-    fig, axes, panels_ = _arm_panels(tidy, v.per_round(tidy, "personal", "acc"))
-    for ax, title, tidy_here, arms in panels_:
-        for arm, label, sub in arms:
-            st = _seed_stats(sub, "round")
-            _line(ax, st["round"], st["mean"], style[arm], label, len(st))
-            band = st["n"] >= 2
-            if band.any():
-                ax.fill_between(st["round"][band], (st["mean"] - st["std"])[band], (st["mean"] + st["std"])[band],
-                                color=style[arm]["color"], alpha=0.12, lw=0, zorder=1)
-        _floor_line(ax, tidy_here)
-        ax.set_title(title, fontsize=10)
-        _round_axis(ax, ACC_LABEL)
-        ax.grid(True, lw=0.3, alpha=0.5)
-    _finish(fig, "Learning curves: personalised test ACC (mean over seeds, band ± 1 std)")
-    return fig
-
-
 def setting_text(dim_cols, s) -> str:
     return v.setting_text(dim_cols, s) if dim_cols else "all runs"
-
-
-# --------------------------------------------------------------------------- accuracy vs bytes
-
-
-def acc_vs_bytes_figure(tidy: pd.DataFrame):
-    """Personalised test ACC vs cumulative uplink + downlink MB (log x) on evaluated rounds.
-    An arm that moves no bytes (Local) is a dotted horizontal line at its final ACC."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    curves = v.per_round(tidy, "personal", "acc").assign(mb=lambda d: d["cum_bytes"].astype(float) / 1e6)
-    style = styles(tidy)
-    fig, axes, panels_ = _arm_panels(tidy, curves)
-    for ax, title, tidy_here, arms in panels_:
-        for arm, label, sub in arms:
-            x, y = sub.groupby("round")["mb"].mean(), sub.groupby("round")["value"].mean()
-            if not (x > 0).any():
-                if len(y) and np.isfinite(y.iloc[-1]):
-                    # wider than the floor's dashes, which it often equals, so both stay in sight
-                    ax.axhline(y.iloc[-1], color=style[arm]["color"], ls=":", lw=2.4, zorder=3,
-                               label=f"{label} (no bytes)")
-                continue
-            keep = x > 0
-            _line(ax, x[keep], y[keep], style[arm], label, int(keep.sum()))
-        _floor_line(ax, tidy_here)
-        ax.set_xscale("log")
-        lo, hi = ax.get_xlim()
-        # 1-2-5 ticks over up to two decades, one a decade beyond: labels never overlap
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda val, _: f"{val:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(title, fontsize=10)
-        ax.set(xlabel=BYTES_LABEL, ylabel=ACC_LABEL)
-        ax.grid(True, which="both", lw=0.3, alpha=0.5)
-    _finish(fig, "Personalised test ACC vs communication (mean over seeds, evaluated rounds)")
-    return fig
-
-
-# --------------------------------------------------------------------------- SVD ranks
-
-
-UPLOAD_TEXT = "client upload (mean)"
-BROADCAST_TEXT = "server broadcast"
-
-
-def svd_ranks_figure(tidy: pd.DataFrame):
-    """Kept rank per layer over rounds for the runs that record ranks (FedMIC, FedKD): a wide
-    pale line with open markers = upload (mean over the round's clients, then seeds), a dashed
-    line = the server's broadcast. One panel per arm and setting, one colour and marker per
-    layer; layers that keep the same rank dash in turn, so each stays in sight."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import to_rgba
-    from matplotlib.lines import Line2D
-
-    ranks = pd.concat([v.per_round(tidy, "comm", f"{kind}_rank", split=None).assign(kind=kind)
-                       for kind in ("upload", "broadcast")])
-    if ranks.empty:
-        log.warning("svd_ranks: no run among the inputs records kept ranks")
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "No run among the inputs records kept SVD ranks\n(FedMIC/FedKD with decomposition)",
-                ha="center", va="center")
-        return fig
-    runs = v.runs(tidy)
-    dim_cols = v.dims(runs)
-    groups = [(s, arm) for s in v.settings(ranks, dim_cols)
-              for arm in v.arm_order(v.in_setting(ranks, dim_cols, s))]
-    n_cols = min(3, len(groups))
-    layout = [(i // n_cols, i % n_cols, g) for i, g in enumerate(groups)]
-    fig, axes = _subplots(layout)
-    layers = sorted(ranks["layer"].dropna().unique(), key=v.layer_depth)  # input to output
-    n = len(layers)
-    colours = {layer: PALETTE[i % len(PALETTE)] for i, layer in enumerate(layers)}
-    markers = {layer: MARKERS[i % len(MARKERS)] for i, layer in enumerate(layers)}
-    sizes = np.linspace(8.5, 4.5, n) if n > 1 else [6.0]  # nested outlines where layers tie
-    # each layer's dash in its own slot of a cycle of up to four slots: tied layers dash in turn
-    dash, slots = 3.0, min(n, 4)
-    for r, c, (s, arm) in layout:
-        ax = axes[r, c]
-        here = v.in_setting(ranks, dim_cols, s)
-        here = here[here["arm"] == arm]
-        for i, layer in enumerate(layers):
-            for kind in ("upload", "broadcast"):
-                st = here[(here["layer"] == layer) & (here["kind"] == kind)].groupby("round")["value"].mean()
-                if not len(st):
-                    continue
-                line = f"{v.pretty_layer(layer)} ({UPLOAD_TEXT if kind == 'upload' else BROADCAST_TEXT})"
-                if kind == "upload":
-                    ax.plot(st.index, st.values, label=line, color=to_rgba(colours[layer], 0.45), lw=3.0, zorder=2,
-                            marker=markers[layer], ms=float(sizes[i]), mfc="none", mec=colours[layer], mew=1.2,
-                            markevery=(i % max(1, len(st) // 6), max(1, len(st) // 6)))
-                else:
-                    ax.plot(st.index, st.values, label=line, color=colours[layer], lw=1.3, zorder=3,
-                            ls=((i % slots) * dash, (dash, dash * (slots - 1) if slots > 1 else dash)))
-        label = runs.loc[runs["arm"] == arm, "label"].iloc[0]
-        ax.set_title(f"{label}: {setting_text(dim_cols, s)}", fontsize=10)
-        _round_axis(ax, RANK_LABEL)
-        ax.grid(True, lw=0.3, alpha=0.5)
-    handles = {v.pretty_layer(layer): Line2D([], [], color=colours[layer], marker=markers[layer], mfc="none",
-                                              lw=1.3) for layer in layers}
-    handles[UPLOAD_TEXT] = Line2D([], [], color=to_rgba("0.2", 0.45), lw=3.0)
-    handles[BROADCAST_TEXT] = Line2D([], [], color="0.2", lw=1.3, ls=(0, (dash, dash)))
-    _finish(fig, "Kept rank per layer (wide pale: client uploads, mean; dashed: server broadcast)", handles)
-    return fig
-
-
-FIGURES = {
-    "learning_curves": learning_curves_figure,
-    "acc_vs_bytes": acc_vs_bytes_figure,
-    "svd_ranks": svd_ranks_figure,
-}
-
-
-def build(name: str, tidy: pd.DataFrame):
-    key = name.lower().replace("-", "_")
-    if key not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; choose one of f3, {', '.join(FIGURES)}")
-    return FIGURES[key](tidy)

@@ -128,7 +128,7 @@ if _conda:
 else:
     FEDMIC_ENV = "../envs/fedmic.yaml"
 
-from fedmic import dataroot, grid, resources, schema, tuning, watch
+from fedmic import dataroot, grid, paper, resources, schema, tuning, watch
 from fedmic.data import registry
 from fedmic.config import ConfigError
 from fedmic.gpus import visible_gpus
@@ -222,7 +222,7 @@ if _problem := grid.tuning_problem(config):
 if _problem := grid.identical_arms(config, RUN_CONFIGS):
     fail(f"config error: {_problem}")
 
-if _problem := grid.target_problem(config, command_line_targets()):
+if _problem := paper.target_problem(config, command_line_targets()):
     fail(_problem)
 
 
@@ -322,11 +322,11 @@ def dataset_file(dataset):
 
 
 def runs_of(name):
-    return [grid.run_path(RESULTS, k) for k in grid.table_runs(config, name)]
+    return [grid.run_path(RESULTS, k) for k in paper.outputs()[name].runs(config)]
 
 
 def timings_of(name):
-    return [grid.timing_file(RESULTS, k) for k in grid.table_runs(config, name)]
+    return [grid.timing_file(RESULTS, k) for k in paper.outputs()[name].runs(config)]
 
 
 def train_runtime_min(wc):
@@ -338,40 +338,30 @@ def train_mem_mb(wc):
     return resources.train_mem_mb(wc.dataset, run_of(wc).image_size, int(wc.clients))
 
 
-def tidy_file(name):
-    """The results file of a table's or figure's runs, named by the first table or figure
-    that needs exactly those runs (T2, T4, T8, T9 and two figures share one)."""
-    runs = grid.table_runs(config, name)
-    first = next(
-        n
-        for n in (*grid.TABLES, *grid.FIGURES)
-        if n not in ("t1", "f3") and grid.enabled(config, n) and grid.table_runs(config, n) == runs
-    )
-    return f"{RESULTS}/tidy/{first}.csv.gz"
-
-
 def report_inputs(name):
-    """T1 and F3 read the partition files; every other table and figure its results file."""
-    if name in ("t1", "f3"):
-        return {
-            "runs": grid.partitions_for_t1(config),
-            "code": grid.report_code_files(),
-        }
-    return {"runs": tidy_file(name), "code": grid.report_code_files()}
+    """What a table or figure reads (the results file of its runs, tidy/<first output with the
+    same runs>.csv.gz, or its partition files), and the report code."""
+    out = paper.outputs()[name]
+    if out.reads_partitions:
+        files = [grid.partition_path(config, d, lam, k, seed) for d, lam, k, seed in out.partitions(config)]
+    else:
+        files = f"{RESULTS}/tidy/{paper.results_file_name(config, name)}.csv.gz"
+    return {"runs": files, "code": grid.report_code_files()}
 
 
 def report_labels(name):
     """Labels of a report item: its caption's title and which datasets and λ it covers."""
-    with open(workflow.source_path(f"../report/{name}.rst")) as caption:
-        return grid.report_labels(config, name, caption.read())
+    return paper.report_labels(config, name)
+
+
+def report_options(name):
+    """The command's --options: the output's config section, every option resolved."""
+    return json.dumps(paper.options(config, name), sort_keys=True)
 
 
 def all_targets():
     targets = [f"{RESULTS}/results.csv.gz", f"{RESULTS}/provenance.yaml"]
-    for name in grid.TABLES:
-        if grid.enabled(config, name):
-            targets += [f"{RESULTS}/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
-    for name in grid.FIGURES:
-        if grid.enabled(config, name):
-            targets += [f"{RESULTS}/figures/{name}.{ext}" for ext in ("png", "pdf")]
+    for out in paper.enabled(config):
+        exts = ("csv", "md", "tex") if out.kind == "table" else ("png", "pdf")
+        targets += [f"{RESULTS}/{out.kind}s/{out.name}.{ext}" for ext in exts]
     return targets

@@ -52,70 +52,67 @@ rule collect:
         "{params.fedmic} collect --inputs {input.runs:q} --out {output:q} > {log:q} 2>&1"
 
 
-for _name in grid.TABLES:
-    if not grid.enabled(config, _name):
-        continue
+# One rule per kind: every enabled table and every enabled figure of fedmic/paper/ gets its
+# named target (table_t4, figure_f3) from the same definition; its options reach the command
+# as its resolved config section.
+for _out in paper.enabled(config, "table"):
 
     rule:
         name:
-            f"table_{_name}"
+            _out.target
         input:
-            **report_inputs(_name),
+            **report_inputs(_out.name),
         output:
             csv=report(
-                f"{RESULTS}/tables/{_name}.csv",
-                caption=f"../report/{_name}.rst",
+                f"{RESULTS}/tables/{_out.name}.csv",
+                caption=f"../report/{_out.name}.rst",
                 category="Tables",
-                labels=report_labels(_name),
+                labels=report_labels(_out.name),
             ),
-            md=f"{RESULTS}/tables/{_name}.md",
-            tex=f"{RESULTS}/tables/{_name}.tex",
+            md=f"{RESULTS}/tables/{_out.name}.md",
+            tex=f"{RESULTS}/tables/{_out.name}.tex",
         log:
-            f"{LOGS}/tables/{_name}.log",
+            f"{LOGS}/tables/{_out.name}.log",
         localrule: True
         conda:
             FEDMIC_ENV
         params:
             fedmic=FEDMIC,
             root=DATA_ROOT,
-            name=_name,
+            name=_out.name,
             stem=lambda wc, output: os.path.splitext(output.csv)[0],
-            target=lambda wc, _n=_name: (
-                f"--target {config['tables'][_n]['target']}"
-                if (config.get("tables", {}).get(_n) or {}).get("target") is not None
-                else ""
-            ),
+            options=report_options(_out.name),
         shell:
             "{params.fedmic} table {params.name} --inputs {input.runs:q} --out {params.stem:q} --root {params.root:q}"
-            " {params.target} > {log:q} 2>&1"
+            " --options {params.options:q} > {log:q} 2>&1"
 
 
-for _name in grid.FIGURES:
-    if not grid.enabled(config, _name):
-        continue
+for _out in paper.enabled(config, "figure"):
 
     rule:
         name:
-            f"figure_{_name}"
+            _out.target
         input:
-            **report_inputs(_name),
+            **report_inputs(_out.name),
         output:
             png=report(
-                f"{RESULTS}/figures/{_name}.png",
-                caption=f"../report/{_name}.rst",
+                f"{RESULTS}/figures/{_out.name}.png",
+                caption=f"../report/{_out.name}.rst",
                 category="Figures",
-                labels=report_labels(_name),
+                labels=report_labels(_out.name),
             ),
-            pdf=f"{RESULTS}/figures/{_name}.pdf",
+            pdf=f"{RESULTS}/figures/{_out.name}.pdf",
         log:
-            f"{LOGS}/figures/{_name}.log",
+            f"{LOGS}/figures/{_out.name}.log",
         localrule: True
         conda:
             FEDMIC_ENV
         params:
             fedmic=FEDMIC,
             root=DATA_ROOT,
-            name=_name,
+            name=_out.name,
             stem=lambda wc, output: os.path.splitext(output.png)[0],
+            options=report_options(_out.name),
         shell:
-            "{params.fedmic} figure {params.name} --inputs {input.runs:q} --out {params.stem:q} --root {params.root:q} > {log:q} 2>&1"
+            "{params.fedmic} figure {params.name} --inputs {input.runs:q} --out {params.stem:q} --root {params.root:q}"
+            " --options {params.options:q} > {log:q} 2>&1"
