@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import pandas as pd
 import pytest
 import yaml
@@ -26,12 +27,19 @@ TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 EXTENDING = REPO / "docs" / "extending.md"
 
 
-def worked_example() -> tuple[str, str]:
-    """(module name, source) of the worked table module in docs/extending.md."""
+def worked_examples() -> dict[str, tuple[str, str]]:
+    """{kind: (module name, source)} of the worked modules in docs/extending.md, each a block
+    headed `# fedmic/paper/<name>.py`: one table and one figure."""
     text = EXTENDING.read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n# fedmic/paper/(\w+)\.py\n(.*?)^```$", text, re.S | re.M)
-    assert len(blocks) == 1, "docs/extending.md has one worked table module, headed # fedmic/paper/<name>.py"
-    return blocks[0]
+    kinds = {re.search(r'^KIND = "(\w+)"', source, re.M).group(1): (name, source) for name, source in blocks}
+    assert len(blocks) == 2 and set(kinds) == {"table", "figure"}, \
+        "docs/extending.md has one worked table and one worked figure module, headed # fedmic/paper/<name>.py"
+    return kinds
+
+
+def worked_example() -> tuple[str, str]:
+    return worked_examples()["table"]
 
 
 @pytest.fixture
@@ -148,27 +156,36 @@ def test_generation_follows_the_modules(dropped_in):
 
 
 # --------------------------------------------------------------------------- the worked example, end to end
-def test_the_worked_example_of_extending_md_builds_through_the_workflow(tmp_path):
-    """One file plus `python -m fedmic.paper`: the schema takes its option, the workflow gets
-    its target rule, and `snakemake table_<name>` writes it, on the tiny config."""
-    name, source = worked_example()
+def test_the_worked_examples_of_extending_md_build_through_the_workflow(tmp_path):
+    """One file each plus `python -m fedmic.paper`: the schema takes the table's option, the
+    workflow gets both target rules, and `snakemake table_<name> figure_<name>` writes them,
+    on the tiny config."""
+    examples = worked_examples()
+    (table, table_source), (figure, figure_source) = examples["table"], examples["figure"]
     root = tmp_path / "repo"
     for d in ("fedmic", "workflow", "config", "docs"):
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "fedmic" / "paper" / f"{name}.py").write_text(source)
+    for name, source in examples.values():
+        (root / "fedmic" / "paper" / f"{name}.py").write_text(source)
     env = dict(os.environ, PYTHONPATH=str(root), FEDMIC_MEDMNIST_ROOT=str(DATA), CUDA_VISIBLE_DEVICES="")
     gen = subprocess.run([sys.executable, "-m", "fedmic.paper"], cwd=root, env=env, capture_output=True, text=True)
     assert gen.returncode == 0, gen.stderr
-    assert f"updated workflow/report/{name}.rst" in gen.stdout and "updated docs/paper.md" in gen.stdout
+    for name in (table, figure):
+        assert f"updated workflow/report/{name}.rst" in gen.stdout
+    assert "updated docs/paper.md" in gen.stdout
     work = tmp_path / "work"
     work.mkdir()
-    (root / "mine.yaml").write_text(yaml.safe_dump({"tables": {name: {"min_seeds": 2}}}))
+    (root / "mine.yaml").write_text(yaml.safe_dump({"tables": {table: {"min_seeds": 2}}}))
     res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"),
-                          "--directory", str(work), "--cores", "2", f"table_{name}",
+                          "--directory", str(work), "--cores", "2", f"table_{table}", f"figure_{figure}",
                           "--configfile", str(root / "config" / "tiny.yaml"), str(root / "mine.yaml")],
                          cwd=root, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    table = pd.read_csv(work / "results-tiny" / "tables" / f"{name}.csv")
-    assert table["seeds"].tolist() == ["1 (too few)", "1 (too few)"]  # fedavg and fedmic, one seed each
-    assert (work / "results-tiny" / "tables" / f"{name}.md").read_text().startswith("| dataset")
-    assert not (work / "results-tiny" / "tables" / "t2.csv").exists()  # only its own target
+    out = work / "results-tiny"
+    frame = pd.read_csv(out / "tables" / f"{table}.csv")
+    assert frame["seeds"].tolist() == ["1 (too few)", "1 (too few)"]  # fedavg and fedmic, one seed each
+    assert (out / "tables" / f"{table}.md").read_text().startswith("| dataset")
+    assert not (out / "tables" / "t2.csv").exists()  # only their own targets
+    png = matplotlib.image.imread(out / "figures" / f"{figure}.png")
+    assert png.shape[0] > 300 and png.shape[1] > 300 and png.std() > 0  # drawn, not blank
+    assert (out / "figures" / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
