@@ -198,6 +198,26 @@ def test_checkpoint_of_another_config_is_refused(part, tmp_path):
         Simulation(cfg(lr=0.05), part, DATA).run(out)
 
 
+def test_checkpoint_of_an_older_format_is_refused_or_replaced(part, tmp_path):
+    """A checkpoint written before the algorithms' state was renamed (no format key) would load
+    into code that cannot read it: refused with the fix, or replaced when the workflow asks."""
+    out = tmp_path / "run.json"
+    c = cfg(rounds=2, checkpoint_every=1)
+    save_checkpoint(Simulation(c, part, DATA), out, 1)
+    ck = tmp_path / "run.json.ckpt"
+    old = torch.load(ck, weights_only=False)
+    assert old.pop("format") == checkpoint.FORMAT
+    torch.save(old, ck)
+    before = ck.read_bytes()
+    with pytest.raises(CheckpointError, match=r"written by an older fedmic \(format 1, this one reads "
+                                              r"fedmic-checkpoint/2\); delete it to start the run from round 1"):
+        Simulation(c, part, DATA).run(out)
+    assert ck.read_bytes() == before and not out.exists()
+    sim = Simulation(c, part, DATA)
+    sim.run(out, replace_stale_checkpoint=True)
+    assert sim.start_round == 1 and out.exists() and not ck.exists()
+
+
 def test_stale_temp_files_of_a_killed_write_are_removed(part, tmp_path):
     out = tmp_path / "run.json"
     stale = [tmp_path / ".run.json.ckpt.abc123.tmp", tmp_path / ".run.json.xyz.tmp"]
@@ -433,3 +453,19 @@ def test_fedmic_client_state_is_teacher_aux_matrices_and_global_copy(part, tmp_p
     res = sim.run(tmp_path / "run.json")
     trained = set(res["history"][0]["sampled"])
     assert [tensor_bytes(s) for s in sim.clients.states] == [bound + size(student) * (c in trained) for c in range(K)]
+
+
+def test_site_state_of_an_older_format_is_refused(tmp_path):
+    """A Flower site's state files carry the same format: one written before the algorithms'
+    state was renamed is refused with the fix, not loaded into code that cannot read it."""
+    from fedmic.flower.site import SiteError, StateStore
+
+    store = StateStore(tmp_path / "state", cid=0, fingerprint="abc")
+    store.commit(1, {"teacher": torch.zeros(2)}, floor=None)
+    assert torch.equal(store.load(1, torch.device("cpu"))["teacher"], torch.zeros(2))
+    old = torch.load(store.path(1), weights_only=True)
+    del old["format"]
+    torch.save(old, store.path(1))
+    with pytest.raises(SiteError, match=r"written by an older fedmic \(format 1, this one reads fedmic-checkpoint/2\); "
+                                        r"delete the state folder and restart the run from round 1"):
+        store.load(1, torch.device("cpu"))

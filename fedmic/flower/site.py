@@ -21,6 +21,7 @@ import torch
 from ..algorithms import ClientData
 from ..comm import Payload
 from ..config import RunConfig
+from ..simulation.checkpoint import FORMAT
 from ..simulation.clients import ClientReply, client_update, init_client_state, personal_predictions
 from ..simulation.setup import load_partitioned, make_algorithm, make_context, resolve_device
 from ..utils import atomic_open
@@ -83,6 +84,9 @@ class StateStore:
         except Exception as e:
             raise SiteError(f"client {self.cid}: state file {path} is unreadable ({e}); restore it from a backup, "
                             "or delete the state folder and restart the run from round 1") from e
+        if ck.get("format") != FORMAT:
+            raise SiteError(f"state file {path} was written by an older fedmic (format {ck.get('format', 1)}, this one "
+                            f"reads {FORMAT}); delete the state folder and restart the run from round 1")
         if ck.get("fingerprint") != self.fingerprint or ck.get("cid") != self.cid:
             raise SiteError(f"state file {path} belongs to client {ck.get('cid')} of run {ck.get('fingerprint')}, "
                             f"not to client {self.cid} of run {self.fingerprint}; give each site its own state-dir")
@@ -90,7 +94,8 @@ class StateStore:
 
     def commit(self, rnd: int, state: dict, floor: int | None) -> None:
         with atomic_open(self.path(rnd)) as f:
-            torch.save({"fingerprint": self.fingerprint, "cid": self.cid, "round": rnd, "state": state}, f)
+            torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "cid": self.cid, "round": rnd,
+                        "state": state}, f)
         keep = {rnd} if floor is None else {self.latest(floor)} | {r for r in self.rounds() if r > floor}
         # and the state this round started from: a site that crashed before its reply left is
         # asked for this round again, and must compute the same reply

@@ -20,6 +20,12 @@ class CheckpointError(RuntimeError):
     pass
 
 
+# What the saved state is made of; a new format when the algorithms' state keys change (2:
+# teacher/student names, 0.2.0), so an older checkpoint is refused or replaced, never loaded
+# into code that cannot read it.
+FORMAT = "fedmic-checkpoint/2"
+
+
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
@@ -30,7 +36,7 @@ def save_checkpoint(run: Run, out: Path, rnd: int) -> None:
     path = checkpoint_path(out)
     try:
         with atomic_open(path) as f:
-            torch.save({"fingerprint": run.cfg.fingerprint(), "partition_digest": run.part.digest,
+            torch.save({"format": FORMAT, "fingerprint": run.cfg.fingerprint(), "partition_digest": run.part.digest,
                         "partition_file": str(run.partition_path), "round": rnd, "server": run.server,
                         "clients": run.clients.saved(), "history": run.history, "timing": run.timing}, f)
     except (OSError, RuntimeError) as e:
@@ -58,6 +64,14 @@ def resume(run: Run, out: Path, replace_stale: bool = False) -> None:
         ck = torch.load(path, map_location=run.device, weights_only=False)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to restart the run from round 1") from e
+    if ck.get("format") != FORMAT and replace_stale:
+        path.unlink()
+        log.warning("checkpoint %s was written by an older fedmic (format %s, this one reads %s): removed, "
+                    "the run starts from round 1", path, ck.get("format", 1), FORMAT)
+        return
+    if ck.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} was written by an older fedmic (format {ck.get('format', 1)}, "
+                              f"this one reads {FORMAT}); delete it to start the run from round 1")
     if ck.get("fingerprint") != fingerprint and replace_stale:
         path.unlink()
         log.warning("checkpoint %s was written by another configuration (fingerprint %s, this run %s): "
