@@ -77,10 +77,19 @@ def load_config(path: str) -> dict:
     return config
 
 
+def run_configs(config: dict) -> dict:
+    """Every run of the grid. A tuned arm's runs are costed at its arm's own settings: the
+    selection exists only after tuning, and of what it picks only a hyperparameter that
+    changes the work per image (e.g. epochs) would change the cost."""
+    own_settings = {"lr": None, "hp": {}}
+    return {key: grid.run_config(config, key, own_settings if grid.tuned_from(config, key.arm) else None).to_dict()
+            for key in grid.all_runs(config)}
+
+
 def cost_signature(run: dict, channels: int) -> str:
     """What decides a run's cost per image: everything but the data, the partition and the seed."""
     drop = {"dataset", "lam", "seed", "partition_seed", "arm", "scheme", "min_size", "join_ratio", "rounds",
-            "clients", "eval_every", "last_k", "checkpoint_every", "keep_checkpoint", "progress"}
+            "clients", "eval_every", "last_k", "checkpoint_every", "keep_checkpoint", "progress", "lr", "on_nonfinite"}
     return json.dumps({**{k: v for k, v in run.items() if k not in drop}, "channels": channels}, sort_keys=True)
 
 
@@ -159,7 +168,7 @@ def main(argv=None) -> int:
     config = load_config(args.config)
     threads = int(config.get("threads_per_run", 1))
     torch.set_num_threads(threads)
-    runs = {key: grid.run_config(config, key).to_dict() for key in grid.all_runs(config)}
+    runs = run_configs(config)
     infos = {d: medmnist.dataset_info(d) for d in {k.dataset for k in runs}}
     t_import = import_seconds()
     probes: dict[str, Probe] = {}

@@ -242,6 +242,25 @@ def test_grid_cost_counts_every_runs_images(tmp_path):
     assert total / 2 <= grid_cost.makespan([e["seconds"] for e in runs], 2) <= total
 
 
+def test_grid_cost_estimates_tuning_trials_and_tuned_runs(tmp_path):
+    """A config that tunes: every trial is a run of the estimate, and a tuned arm's runs are
+    estimated at its own settings (its selection does not exist before tuning)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import grid_cost
+
+    config = grid_cost.load_config(str(REPO / "config/tiny.yaml"))
+    config["tuning"] = {"budget": 3, "rounds": 1, "seed": 100, "arms": ["fedavg"]}
+    config["tables"]["t2"] = {"arms": ["fedavg-tuned", "fedmic"]}
+    runs = grid_cost.run_configs(config)
+    assert sorted(k.arm for k in runs) == ["fedavg-trial00", "fedavg-trial01", "fedavg-trial02", "fedavg-tuned",
+                                           "fedmic"]
+    assert runs[next(k for k in runs if k.arm == "fedavg-tuned")]["lr"] == config["train"]["lr"]
+    assert all(runs[k]["rounds"] == 1 for k in runs if "trial" in k.arm)
+    # trials differ in lr only (FedAvg has no hyperparameters): one probe serves them all
+    trials = [runs[k] for k in runs if k.arm.startswith("fedavg-")]
+    assert len({r["lr"] for r in trials}) > 1 and len({grid_cost.cost_signature(r, 1) for r in trials}) == 1
+
+
 def test_eval_cost_splits_evaluation_and_compares_metrics():
     text = _run("eval_cost.py", "--dataset", "breastmnist", "--synthetic", "--clients", "3", "--rounds", "1",
                 "--auc-against", "HEAD")
