@@ -46,7 +46,7 @@ def tensor_bytes(obj) -> int:
 
 
 def make_partition_file(flag, clients, lam, seed, min_size, root, folder) -> tuple[Path, str]:
-    """dirichlet_label when it can meet min_size, else dirichlet_client (SPEC 2.1)."""
+    """dirichlet_label when it can meet min_size, else dirichlet_client (docs/method.md, Partitions)."""
     from fedmic.data.medmnist import load_dataset
     from fedmic.data.partition import PartitionError, make_partition, save_partition
     data = load_dataset(flag, root)
