@@ -54,3 +54,26 @@ def mark_outputs_done(snakefile: Path, workdir: Path, configfile: Path, env: dic
     subprocess.run([*sm, "--touch"], capture_output=True, text=True, env=env, check=True)
     done = subprocess.run([*sm, "-n"], capture_output=True, text=True, env=env).stdout
     assert "Nothing to be done" in done, done[-3000:]
+
+
+def real_partition(folder: Path, flag: str, clients: int, min_size: int, lam: float = 0.5) -> Path:
+    """A label-skewed partition (seed 0) of a real dataset, saved in `folder`."""
+    from fedmic.data.medmnist import load_dataset
+    from fedmic.data.partition import make_partition, save_partition
+
+    data = load_dataset(flag, DATA)
+    labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
+    p = make_partition("dirichlet_label", labels, clients, lam, 0, min_size, n_classes=data.n_classes,
+                       dataset=flag, dataset_md5=data.info.md5(28))
+    return save_partition(p, folder / f"{flag}_lam{lam:g}_K{clients}.json")
+
+
+@pytest.fixture(scope="module")
+def restore_torch_threads():
+    """Runs set threads=1 (fast and reproducible on a busy 2-core box); the rest of the session
+    gets its thread count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

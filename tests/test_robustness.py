@@ -20,8 +20,6 @@ from fedmic.algorithms.fedavg import FedAvg
 from fedmic.cli import main as cli_main
 from fedmic.comm import dense_payload
 from fedmic.config import RunConfig
-from fedmic.data.medmnist import load_dataset
-from fedmic.data.partition import make_partition, save_partition
 from fedmic.engine import Simulation
 from fedmic.simulation import checkpoint, loop, setup
 from fedmic.simulation.checkpoint import CheckpointError, save_checkpoint
@@ -29,29 +27,17 @@ from fedmic.simulation.clients import tensors
 from fedmic.simulation.loop import DivergenceError
 from fedmic.simulation.record import timing_path
 from fedmic.models import build_model
-from conftest import DATA
+from conftest import DATA, real_partition
 
 FLAG = "breastmnist"
 K = 4
 SMALL = {"teacher_width": 0.25, "student_width": 0.25}  # FedMIC with 1/4-width CNNs: fast
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Runs set threads=1 (fast and reproducible on a busy 2-core box); give the rest of the
-    # session its thread count back.
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")
 def part(tmp_path_factory) -> Path:
-    data = load_dataset(FLAG, DATA)
-    labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
-    p = make_partition("dirichlet_label", labels, K, 0.5, 0, 10, n_classes=data.n_classes,
-                       dataset=FLAG, dataset_md5=data.info.md5(28))
-    return save_partition(p, tmp_path_factory.mktemp("part") / f"{FLAG}_lam0.5_K{K}.json")
+    return real_partition(tmp_path_factory.mktemp("part"), FLAG, K, min_size=10)
 
 
 def cfg(**kw) -> RunConfig:

@@ -7,33 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedmic.config import RunConfig
-from fedmic.data.medmnist import load_dataset
-from fedmic.data.partition import make_partition, save_partition
 from fedmic.engine import Simulation
 from fedmic.simulation.clients import InProcessClients
 from fedmic.simulation.loop import Run, dropped_clients, run_rounds, sample_clients
-from conftest import DATA
+from conftest import DATA, real_partition
 
 FLAG, K = "breastmnist", 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")
 def part(tmp_path_factory) -> Path:
-    data = load_dataset(FLAG, DATA)
-    labels = {s: data.split(s)[1].numpy() for s in ("train", "val", "test")}
-    p = make_partition("dirichlet_label", labels, K, 0.5, 0, 5, n_classes=data.n_classes, dataset=FLAG,
-                       dataset_md5=data.info.md5(28))
-    return save_partition(p, tmp_path_factory.mktemp("part") / f"{FLAG}_lam0.5_K{K}.json")
+    return real_partition(tmp_path_factory.mktemp("part"), FLAG, K, min_size=5)
 
 
 def cfg(**kw) -> RunConfig:
