@@ -61,7 +61,7 @@ def dropped_in(tmp_path, monkeypatch):
 def test_registry_is_the_package_files_in_the_papers_order():
     files = sorted(p.stem for p in Path(paper.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
     assert sorted(paper.outputs()) == files
-    assert list(paper.outputs("table")) == ["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "tuning"]
+    assert list(paper.outputs("table")) == ["t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "tuning", "claims"]
     assert list(paper.outputs("figure")) == ["f3", "learning_curves", "acc_vs_bytes", "svd_ranks"]
 
 

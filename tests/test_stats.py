@@ -35,6 +35,32 @@ def test_paired_difference_edge_cases():
     assert stats.paired_difference([1, 2, np.nan], [0, 0, 0])["n"] == 2
 
 
+def test_welch_difference_is_welchs_interval_and_test():
+    # a: mean 3, var 2.5 (n 5); b: mean 1, var 1 (n 3); se^2 = 0.5 + 1/3; Welch-Satterthwaite df
+    a, b = [1, 2, 3, 4, 5], [0, 1, 2]
+    got = stats.welch_difference(a, b)
+    se2 = 2.5 / 5 + 1 / 3
+    df = se2 ** 2 / ((2.5 / 5) ** 2 / 4 + (1 / 3) ** 2 / 2)
+    from scipy.stats import t, ttest_ind
+    half = t.ppf(0.975, df) * math.sqrt(se2)
+    assert got["n"] == "5/3" and got["mean"] == pytest.approx(2.0)
+    assert (got["low"], got["high"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert got["p"] == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert math.isnan(stats.welch_difference([1.0], [0.0, 1.0])["p"])  # one run: no interval
+    assert stats.welch_difference([1, 1], [0, 0])["p"] == 0.0  # no spread on either side
+
+
+def test_noninferiority_is_the_one_sided_shifted_paired_t():
+    a, b = [0.80, 0.82, 0.79, 0.81, 0.80], [0.81, 0.81, 0.80, 0.80, 0.81]  # a - b: mean -0.002
+    from scipy.stats import ttest_1samp
+    d = np.subtract(a, b)
+    want = ttest_1samp(d + 0.02, 0.0, alternative="greater").pvalue
+    assert stats.noninferiority(a, b, 0.02) == pytest.approx(want) and want < 0.05
+    # the same differences are not within a margin of 0.001
+    assert stats.noninferiority(a, b, 0.001) > 0.5
+    assert math.isnan(stats.noninferiority([0.8], [0.7], 0.01))
+
+
 def test_holm_adjusts_in_the_given_order():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm([0.5, 0.01]) == pytest.approx([0.5, 0.02])

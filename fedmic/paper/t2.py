@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from fedmic import grid, paper
@@ -60,25 +61,44 @@ def _pool_arm(pool: pd.DataFrame, method: str) -> str | None:
     return (named or v.arm_order(cand))[0]
 
 
-def setting_comparisons(here: pd.DataFrame, scores: pd.Series) -> tuple[str | None, list[dict]]:
-    """FedMIC's arm in a setting and its fixed comparisons: [{role, arm, n, mean, low, high, p}],
-    each the paired difference FedMIC − arm over the seeds both ran (fedmic/report/stats.py)."""
+BEST_ROLE = "best on validation"
+
+
+def comparators(here: pd.DataFrame, scores: pd.Series) -> tuple[str | None, dict[str, str]]:
+    """FedMIC's arm in a setting (one row per run) and the arm of each fixed comparison role:
+    {"Local": arm, "FedKD": arm, "best on validation": arm}, roles without an arm left out."""
     from fedmic.report import stats
 
     pool = _arm_pool(here)
     mic = _pool_arm(pool, "fedmic")
     if mic is None:
+        return None, {}
+    roles = {label: arm for label, method in COMPARED if (arm := _pool_arm(pool, method)) is not None}
+    if (best := stats.best_on_validation(pool, scores)) is not None:
+        roles[BEST_ROLE] = best
+    return mic, roles
+
+
+def seed_pairs(here: pd.DataFrame, a: str, b: str) -> np.ndarray:
+    """Personalised test ACC of arms a and b over the seeds both ran: rows (a, b), one per seed."""
+    by_seed = here.set_index(["arm", "seed"])["acc"]
+    return pd.concat([by_seed[a], by_seed[b]], axis=1, join="inner").to_numpy()
+
+
+def setting_comparisons(here: pd.DataFrame, scores: pd.Series) -> tuple[str | None, list[dict]]:
+    """FedMIC's arm in a setting and its fixed comparisons: [{role, arm, n, mean, low, high, p}],
+    each the paired difference FedMIC − arm over the seeds both ran (fedmic/report/stats.py)."""
+    from fedmic.report import stats
+
+    mic, by_role = comparators(here, scores)
+    if mic is None:
         return None, []
     roles: dict[str, list[str]] = {}
-    for label, method in COMPARED:
-        if (arm := _pool_arm(pool, method)) is not None:
-            roles.setdefault(arm, []).append(label)
-    if (best := stats.best_on_validation(pool, scores)) is not None:
-        roles.setdefault(best, []).append("best on validation")
-    by_seed = here.set_index(["arm", "seed"])["acc"]
+    for label, arm in by_role.items():
+        roles.setdefault(arm, []).append(label)
     out = []
     for arm, labels in roles.items():
-        pair = pd.concat([by_seed[mic], by_seed[arm]], axis=1, join="inner").to_numpy()
+        pair = seed_pairs(here, mic, arm)
         out.append({"role": ", ".join(labels), "arm": arm, **stats.paired_difference(pair[:, 0], pair[:, 1])})
     return mic, out
 

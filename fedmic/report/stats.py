@@ -4,6 +4,9 @@ unit, and the strongest baseline chosen on the clients' validation splits, never
 - `paired_difference`: mean paired difference over seeds, its 95 % t interval and the two-sided
   paired t-test's p-value. The seeds of two arms pair up because a seed fixes the partition and
   the initial weights; the clients of one run share one federation, so they are not the unit.
+- `welch_difference`: difference of two means from unpaired samples (runs on different
+  partitions, e.g. one per λ), Welch's 95 % t interval and two-sided p.
+- `noninferiority`: the one-sided paired t-test that a - b is above -margin.
 - `holm`: Holm's step-down adjustment of a family of p-values (controls the family-wise error
   without assuming independence).
 - `validation_scores`: each run's mean personalised validation ACC over its last k evaluated
@@ -41,6 +44,44 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     out.update(low=out["mean"] - half, high=out["mean"] + half,
                p=float(2 * student_t.sf(abs(out["mean"]) / se, n - 1)))
     return out
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:
+    """mean(a) - mean(b) over unpaired runs: {n, mean, low, high, p} (n: 'len(a)/len(b)'), Welch's
+    t interval and two-sided Welch t-test. Fewer than two runs on either side: no interval, no p."""
+    from scipy.stats import t as student_t
+
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    out = {"n": f"{x.size}/{y.size}", "mean": float(x.mean() - y.mean()) if x.size and y.size else math.nan,
+           "low": math.nan, "high": math.nan, "p": math.nan}
+    if x.size < 2 or y.size < 2:
+        return out
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    if se == 0.0:
+        out.update(low=out["mean"], high=out["mean"], p=1.0 if out["mean"] == 0.0 else 0.0)
+        return out
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))  # Welch-Satterthwaite
+    half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
+    out.update(low=out["mean"] - half, high=out["mean"] + half, p=float(2 * student_t.sf(abs(out["mean"]) / se, df)))
+    return out
+
+
+def noninferiority(a: Sequence[float], b: Sequence[float], margin: float) -> float:
+    """p of the one-sided paired t-test of H0: mean(a - b) <= -margin against a - b > -margin
+    (a is no worse than b by more than `margin`); NaN with fewer than two pairs."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan
+    shifted = float(d.mean()) + margin
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return 0.0 if shifted > 0 else 1.0
+    return float(student_t.sf(shifted / (sd / math.sqrt(d.size)), d.size - 1))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
