@@ -100,7 +100,9 @@ def _floor_margin(here: pd.DataFrame, arm: str) -> float:
 
 
 def _setting(group: tuple, cols: list[str]) -> str:
-    return v.setting_text(cols, group)
+    """'BreastMNIST, λ=0.1, K=20' (the partition scheme follows from the dataset in the paper's configs)."""
+    kept = [(c, x) for c, x in zip(cols, group) if c != "scheme"]
+    return v.setting_text([c for c, _ in kept], [x for _, x in kept])
 
 
 def _groups(runs: pd.DataFrame, cols: list[str]):
