@@ -277,6 +277,30 @@ def test_t5_ablation_and_t6_one_parameter_at_a_time(tmp_path):
         t5.table(tidy.collect([paths[-1]]))
 
 
+def test_t5_compares_each_variant_with_the_base_over_seeds_holm_adjusted(tmp_path):
+    from fedmic.report import stats
+
+    base = [0.80, 0.82, 0.79, 0.85, 0.81]
+    variants = {"fedmic-aux-decision": ({"aux_on": "decision"}, [0.81, 0.84, 0.80, 0.85, 0.83]),
+                "fedmic-teacher-broadcast": ({"teacher_start": "broadcast"}, [0.70, 0.73, 0.69, 0.76, 0.70])}
+    paths = [write_run(tmp_path, f"mic{s}", method="fedmic", seed=s, acc=a) for s, a in enumerate(base)]
+    for arm, (hp, accs) in variants.items():
+        paths += [write_run(tmp_path, f"{arm}{s}", method="fedmic", arm=arm, hp=hp, seed=s, acc=a)
+                  for s, a in enumerate(accs)]
+    t = t5.table(tidy.collect(paths), base="fedmic")
+    raw = {arm: stats.paired_difference(accs, base) for arm, (_, accs) in variants.items()}
+    adjusted = dict(zip(raw, stats.holm([r["p"] for r in raw.values()])))
+    for arm, r in raw.items():
+        want = f"{r['mean']:+.3f} ({r['low']:+.3f}, {r['high']:+.3f}), p={adjusted[arm]:.2g}"
+        assert row(t, variant=arm.replace("fedmic", "FedMIC"))[t5.COMPARISON] == want
+    assert raw["fedmic-teacher-broadcast"]["mean"] == pytest.approx(-0.098)
+    assert row(t, variant="FedMIC")[t5.COMPARISON] == "reference"
+    assert row(t, variant="client-prior floor")[t5.COMPARISON] == ""
+    assert "Holm-adjusted over the 2 comparisons" in t.caption
+    # without a configured base, the run at FedMIC's defaults is the reference
+    assert row(t5.table(tidy.collect(paths)), variant="FedMIC")[t5.COMPARISON] == "reference"
+
+
 def test_t8_costs_and_t9_global_and_fairness(tmp_path):
     paths = [write_run(tmp_path, "avg", gaccs=(0.7,) * 4, params=(100, None), timing=[2.0, 4.0, 2.0, 4.0], rss=500),
              write_run(tmp_path, "mic", method="fedmic", gaccs=(0.6,) * 4, params=(100, 120), timing=False)]
