@@ -139,6 +139,8 @@ def test_claims_apply_where_a_claim_can_be_tested_and_say_so_where_none_can(tmp_
     tiny = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())  # one λ, T3 and T5 off
     assert not claims.applies(tiny)
     assert claims.applies({**tiny, "lams": [0.1, 0.5]})
+    only_fedmic = {**tiny, "lams": [0.1, 0.5], "methods": {"fedmic": {"method": "fedmic"}}}
+    assert not claims.applies(only_fedmic)  # no comparator: nothing to test
     compare = yaml.safe_load((REPO / "config" / "compare.yaml").read_text())
     assert claims.applies(compare)
     only_t5 = {**compare, "lams": [0.5], "tables": {**compare["tables"], "t3": {"enabled": False}}}

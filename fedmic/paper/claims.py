@@ -45,8 +45,8 @@ OPTIONS = (
                  "non-inferiority margin of the communication claim, in personalised test ACC: low-rank "
                  "uploads may cost at most this much against dense ones", default=0.01),
 )
-APPLIES = ("where a claim can be tested: T2 at two λ or more, T3 at two join ratios or more, or a T5 arm "
-           "with dense uploads (gpd: false)")
+APPLIES = ("where a claim can be tested: T2 at two λ or more, or T3 at two join ratios or more, each with a "
+           "FedMIC arm and another method's; or a T5 arm with dense uploads (gpd: false)")
 ALPHA = 0.05
 SKEW, PARTICIPATION, COMMUNICATION = "strong skew", "low participation", "less communication, same accuracy"
 
@@ -55,8 +55,17 @@ def applies(config: dict) -> bool:
     from fedmic.paper import t5
 
     outputs = paper.outputs()
-    return ((outputs["t2"].enabled(config) and len(paper.options(config, "t2")["lams"]) >= 2)
-            or (outputs["t3"].enabled(config) and len(paper.options(config, "t3")["join_ratios"]) >= 2)
+
+    def fedmic_and_another(name: str) -> bool:
+        # T2's and T3's arms are under methods or tuned ones (grid.all_arms would ask this module)
+        arms = {**grid.base_arms(config), **grid.tuned_arms(config)}
+        methods = {arms[a]["method"] for a in paper.options(config, name)["arms"] if a in arms}
+        return "fedmic" in methods and len(methods) > 1
+
+    return ((outputs["t2"].enabled(config) and len(paper.options(config, "t2")["lams"]) >= 2
+             and fedmic_and_another("t2"))
+            or (outputs["t3"].enabled(config) and len(paper.options(config, "t3")["join_ratios"]) >= 2
+                and fedmic_and_another("t3"))
             or (outputs["t5"].enabled(config) and any(a["hp"] == {"gpd": False} for a in t5.arms(config).values())))
 
 
