@@ -1,4 +1,4 @@
-"""Table "claims" (fedmic/paper/claims.py): the abstract's conditional claims tested over seeds,
+"""The claims table (fedmic/paper/claims.py): the abstract's conditional claims tested over seeds,
 on hand-made runs with known answers (tests/runfixtures.py)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table "claims": the abstract's conditional claims, each tested over seeds.
+"""The claims table: the abstract's conditional claims, each tested over seeds.
 
 The abstract says FedMIC beats the baselines "especially under non-IID distributions and low
 client participation", and that it reduces communication "without sacrificing accuracy". T2
@@ -35,7 +35,7 @@ KIND = "table"
 ORDER = 11
 VALSEL = True
 CAPTION = """\
-**Table "claims" — the abstract's conditional claims, tested.** FedMIC's advantage under strong
+**Claims — the abstract's conditional claims, tested.** FedMIC's advantage under strong
 skew (lowest against highest λ) and under low participation (lowest against highest join ratio),
 each against T2's fixed comparators or the participation study's arms, and FedMIC's accuracy with
 low-rank uploads against dense uploads (non-inferiority), over seeds, Holm-adjusted as one
