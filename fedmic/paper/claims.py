@@ -160,8 +160,8 @@ def _participation_rows(runs: pd.DataFrame) -> list[dict]:
     group_cols = ["dataset", "scheme", "lam", "clients"]
     for key, by in _varied(runs, "join_ratio", group_cols):
         (jr_low, here_low), (jr_full, here_full) = by.items()
-        pool_low, pool_full = t2._arm_pool(here_low), t2._arm_pool(here_full)
-        mic = t2._pool_arm(pool_low, "fedmic")
+        pool_low, pool_full = t2.arm_pool(here_low), t2.arm_pool(here_full)
+        mic = t2.pool_arm(pool_low, "fedmic")
         if mic is None or mic not in set(pool_full["arm"]):
             continue
         for arm in v.arm_order(pool_low[pool_low["method"] != "fedmic"]):
@@ -188,7 +188,7 @@ def _communication_rows(runs: pd.DataFrame, margin: float) -> list[dict]:
     group_cols = ["dataset", "scheme", "lam", "clients", "join_ratio"]
     mic_runs = runs[runs["method"] == "fedmic"]
     for key, here in _groups(mic_runs, group_cols):
-        base = t2._pool_arm(here[here["hp_changes"] == "{}"], "fedmic")
+        base = t2.pool_arm(here[here["hp_changes"] == "{}"], "fedmic")
         dense = [a for a in v.arm_order(here) if json.loads(here.loc[here["arm"] == a, "hp_changes"].iloc[0])
                  == {"gpd": False}]
         if base is None or not dense:

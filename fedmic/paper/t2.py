@@ -44,7 +44,7 @@ COMPARED = (("Local", "local"), ("FedKD", "fedkd"))
 COMPARISON = "FedMIC − arm (95 % CI), p Holm"
 
 
-def _arm_pool(here: pd.DataFrame) -> pd.DataFrame:
+def arm_pool(here: pd.DataFrame) -> pd.DataFrame:
     """The arms a setting's comparisons are drawn from: the tuned ones where the table holds
     tuned arms (tuned against tuned), else every arm at its method's defaults."""
     from fedmic.tuning import TUNED_SUFFIX
@@ -53,7 +53,8 @@ def _arm_pool(here: pd.DataFrame) -> pd.DataFrame:
     return tuned if not tuned.empty else here[here["hp_changes"] == "{}"]
 
 
-def _pool_arm(pool: pd.DataFrame, method: str) -> str | None:
+def pool_arm(pool: pd.DataFrame, method: str) -> str | None:
+    """The pool's arm of `method` (the one named after it where there are several), or None."""
     cand = pool[pool["method"] == method]
     if cand.empty:
         return None
@@ -69,11 +70,11 @@ def comparators(here: pd.DataFrame, scores: pd.Series) -> tuple[str | None, dict
     {"Local": arm, "FedKD": arm, "best on validation": arm}, roles without an arm left out."""
     from fedmic.report import stats
 
-    pool = _arm_pool(here)
-    mic = _pool_arm(pool, "fedmic")
+    pool = arm_pool(here)
+    mic = pool_arm(pool, "fedmic")
     if mic is None:
         return None, {}
-    roles = {label: arm for label, method in COMPARED if (arm := _pool_arm(pool, method)) is not None}
+    roles = {label: arm for label, method in COMPARED if (arm := pool_arm(pool, method)) is not None}
     if (best := stats.best_on_validation(pool, scores)) is not None:
         roles[BEST_ROLE] = best
     return mic, roles
