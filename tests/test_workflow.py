@@ -354,6 +354,19 @@ def test_code_change_retrains_exactly_the_runs_that_use_it(copied_workflow, edit
     assert counts.get("train", 0) == len(retrained) and "partition" not in counts
 
 
+def test_the_local_profile_plans_rarely_without_limiting_job_starts():
+    """Snakemake re-plans after every timespan of max-jobs-per-timespan, statting every input of
+    every ready job; at its default (1 s) that loop took ~45 % of a core on the 2-core machine
+    (docs/performance.md). The profile's value must be one Snakemake parses, re-plan at most every
+    10 s and still allow more starts per timespan than any local run makes."""
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
+    limit = MaxJobsPerTimespan.parse_choice(profile["max-jobs-per-timespan"])
+    assert limit.timespan >= 10
+    assert limit.max_jobs / limit.timespan >= 10  # starts per second: a finishing job's successor is never held
+
+
 def test_workflow_reads_without_torch(tmp_path):
     """Parsing the Snakefile and planning every run of the demo imports no torch (issue 14)."""
     blocker = tmp_path / "block"
