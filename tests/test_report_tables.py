@@ -253,12 +253,14 @@ def test_t3_and_t7_pivot_with_a_floor_row(tmp_path):
     t = t3.table(tidy.collect(paths))
     avg = row(t, method="FedAvg")
     assert (avg["join ratio 0.5"], avg["join ratio 1"], avg["Δ join ratio 1"]) == ("0.700", "0.800", "+0.200")
+    assert "mean ± std over seeds (1 per cell)" in t.caption  # a cell is one join ratio, not the row's runs
     assert row(t, method="client-prior floor")["join ratio 0.5"] == "0.600"
     paths = [write_run(tmp_path, f"k{k}", clients=k, acc=0.9, floors={"client_prior_acc": 0.3 + 0.1 * k})
              for k in (2, 3)]
     t = t7.table(tidy.collect(paths))
     floor = row(t, method="client-prior floor")
     assert (floor["K=2"], floor["K=3"]) == ("0.500", "0.600")  # each K its own partition
+    assert "seeds (1 per cell)" in t.caption
 
 
 def test_t5_ablation_and_t6_one_parameter_at_a_time(tmp_path):

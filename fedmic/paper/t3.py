@@ -52,7 +52,7 @@ def table(tidy: pd.DataFrame, select: str = "last") -> Table:
                        f"{'/'.join(f'{e:g}' for e in row['eval_every'])}" for j, row in schedule.iterrows())
     t.caption = (
         f"Low participation: personalised test ACC ({select_text(select, tidy)}) for each fraction of "
-        f"clients sampled per round (join ratio), mean ± std over seeds ({seed_span(runs, dim_cols)} per "
+        f"clients sampled per round (join ratio), mean ± std over seeds ({seed_span(runs, [*dim_cols, 'join_ratio'])} per "
         f"cell), and Δ, the margin over the {PRIOR_FLOOR} (each client outputs its own training label "
         f"distribution). Rounds per join ratio ({rounds}): unless the config says otherwise "
         f"(tables.t3.scale_rounds), they are scaled so that a client trains about as often, and is scored "
