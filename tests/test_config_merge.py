@@ -124,3 +124,22 @@ def test_a_bad_replace_stops_the_workflow_in_one_line(project):
     assert res.returncode != 0
     assert "fedmic workflow: error: config error: " in res.stderr and "replace: ['seeds'] is not valid" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_participation_follow_up_is_make_compare_at_another_lambda(project):
+    # config/participation.yaml updates compare.yaml: same protocol and tuning budget, T3 alone
+    # at λ 0.5 (docs/results.md), in its own results folder so compare's tables stay as they are
+    from fedmic import paper
+
+    got = resolved(project, "--configfile", "config/compare.yaml", "config/participation.yaml")
+    compare = meant("config/compare.yaml")
+    assert got["results"] == "results-participation" != compare["results"]
+    for section in ("partition", "train", "methods", "seeds"):
+        assert got[section] == compare[section]
+    assert {k: got["tuning"][k] for k in ("budget", "rounds", "seed")} == \
+        {k: compare["tuning"][k] for k in ("budget", "rounds", "seed")}
+    t3 = paper.runs(got, "t3")
+    assert {(k.dataset, k.lam, k.clients) for k in t3} == {("retinamnist", 0.5, 20), ("breastmnist", 0.5, 20)}
+    assert {k.arm for k in t3} == set(compare["tables"]["t3"]["arms"])
+    assert {k.join_ratio for k in t3} == set(compare["tables"]["t3"]["join_ratios"])
+    assert [name for name in ("t2", "t4", "t5", "t9") if got["tables"][name].get("enabled", True)] == []
