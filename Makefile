@@ -14,7 +14,7 @@ CORES ?= 2
 MEDMNIST_ROOT ?= $(shell python3 -m fedmic.dataroot)
 export FEDMIC_MEDMNIST_ROOT := $(abspath $(MEDMNIST_ROOT))
 
-.PHONY: demo test compare paper report install clean-demo
+.PHONY: demo test compare participation paper report install clean-demo
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,12 @@ demo: install
 compare: install
 	$(VENV)/bin/snakemake table_tuning table_t2 table_t3 table_t4 table_t5 table_t9 table_claims figure_learning_curves \
 	  figure_acc_vs_bytes figure_svd_ranks --cores $(CORES) --configfile config/compare.yaml
+
+# compare's low-participation study again at λ 0.5, where the methods have room (an exploratory
+# follow-up; config/participation.yaml, docs/results.md): results-participation/
+participation: install
+	$(VENV)/bin/snakemake table_tuning table_t3 table_claims --cores $(CORES) \
+	  --configfile config/compare.yaml config/participation.yaml
 
 paper: install
 	$(VENV)/bin/snakemake --cores $(CORES) all
