@@ -50,9 +50,10 @@ def table(tidy: pd.DataFrame, select: str = "last") -> Table:
     schedule = config.pivot_table(index="join_ratio", columns="metric", values="value", aggfunc=lambda x: sorted(set(x)))
     rounds = "; ".join(f"{j:g}: {'/'.join(f'{r:g}' for r in row['rounds'])} rounds, evaluated every "
                        f"{'/'.join(f'{e:g}' for e in row['eval_every'])}" for j, row in schedule.iterrows())
+    per_cell = seed_span(runs, [*dim_cols, "join_ratio"])  # a cell is one join ratio
     t.caption = (
         f"Low participation: personalised test ACC ({select_text(select, tidy)}) for each fraction of "
-        f"clients sampled per round (join ratio), mean ± std over seeds ({seed_span(runs, [*dim_cols, 'join_ratio'])} per "
+        f"clients sampled per round (join ratio), mean ± std over seeds ({per_cell} per "
         f"cell), and Δ, the margin over the {PRIOR_FLOOR} (each client outputs its own training label "
         f"distribution). Rounds per join ratio ({rounds}): unless the config says otherwise "
         f"(tables.t3.scale_rounds), they are scaled so that a client trains about as often, and is scored "

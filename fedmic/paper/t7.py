@@ -35,9 +35,10 @@ def render(inputs: paper.Inputs, options: dict, select: str) -> Table:
 def table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Number of clients: personalised ACC per arm × K."""
     t, runs, dim_cols = pivot(tidy, "clients", lambda x: f"K={int(x)}", select)
+    per_cell = seed_span(runs, [*dim_cols, "clients"])  # a cell is one K
     t.caption = (
         f"Number of clients K: personalised test ACC ({select_text(select, tidy)}), mean ± std over "
-        f"seeds ({seed_span(runs, [*dim_cols, 'clients'])} per cell), and Δ, the margin over the {PRIOR_FLOOR}. "
+        f"seeds ({per_cell} per cell), and Δ, the margin over the {PRIOR_FLOOR}. "
         f"Each K has its own partition, hence its own floor. Best per column within each setting "
         f"in bold; n/a: undefined; –: not run."
     )
