@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fedmic import grid, paper
-from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, seed_span, select_text
+from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, select_text
 
 KIND = "table"
 ORDER = 3
@@ -45,12 +45,11 @@ def render(inputs: paper.Inputs, options: dict, select: str) -> Table:
 
 def table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Low participation: personalised ACC per arm × join ratio."""
-    t, runs, dim_cols = pivot(tidy, "join_ratio", lambda x: f"join ratio {x:g}", select)
+    t, per_cell = pivot(tidy, "join_ratio", lambda x: f"join ratio {x:g}", select)
     config = tidy[(tidy["scope"] == "config") & tidy["metric"].isin(["rounds", "eval_every"])]
     schedule = config.pivot_table(index="join_ratio", columns="metric", values="value", aggfunc=lambda x: sorted(set(x)))
     rounds = "; ".join(f"{j:g}: {'/'.join(f'{r:g}' for r in row['rounds'])} rounds, evaluated every "
                        f"{'/'.join(f'{e:g}' for e in row['eval_every'])}" for j, row in schedule.iterrows())
-    per_cell = seed_span(runs, [*dim_cols, "join_ratio"])  # a cell is one join ratio
     t.caption = (
         f"Low participation: personalised test ACC ({select_text(select, tidy)}) for each fraction of "
         f"clients sampled per round (join ratio), mean ± std over seeds ({per_cell} per "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fedmic import grid, paper
-from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, seed_span, select_text
+from fedmic.report.tables import PRIOR_FLOOR, Table, pivot, select_text
 
 KIND = "table"
 ORDER = 7
@@ -34,8 +34,7 @@ def render(inputs: paper.Inputs, options: dict, select: str) -> Table:
 
 def table(tidy: pd.DataFrame, select: str = "last") -> Table:
     """Number of clients: personalised ACC per arm × K."""
-    t, runs, dim_cols = pivot(tidy, "clients", lambda x: f"K={int(x)}", select)
-    per_cell = seed_span(runs, [*dim_cols, "clients"])  # a cell is one K
+    t, per_cell = pivot(tidy, "clients", lambda x: f"K={int(x)}", select)
     t.caption = (
         f"Number of clients K: personalised test ACC ({select_text(select, tidy)}), mean ± std over "
         f"seeds ({per_cell} per cell), and Δ, the margin over the {PRIOR_FLOOR}. "

@@ -174,8 +174,9 @@ def auc_clients(here: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- shared by tables
 
 
-def pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], select: str) -> Table:
-    """Rows = setting × arm (+ the client-prior floor), columns = ACC and ΔACC per ``pivot`` value."""
+def pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], select: str) -> tuple[Table, str]:
+    """Rows = setting × arm (+ the client-prior floor), columns = ACC and ΔACC per ``pivot`` value;
+    with the number of seeds in a cell (one setting, arm and ``pivot`` value) for the caption."""
     runs = personal_runs(tidy, select)
     dim_cols = v.dims(runs, exclude=[pivot])
     values = sorted(runs[pivot].unique())
@@ -195,7 +196,7 @@ def pivot(tidy: pd.DataFrame, pivot: str, header: Callable[[object], str], selec
                     rows.stat(row, header(x), sub["acc"])
                     rows.stat(row, f"Δ {header(x)}", sub["d_acc"], signed=True)
             rows.rows.append(row)
-    return rows.table("", [v.DIM_HEADER[d] for d in dim_cols]), runs, dim_cols
+    return rows.table("", [v.DIM_HEADER[d] for d in dim_cols]), seed_span(runs, [*dim_cols, pivot])
 
 
 
